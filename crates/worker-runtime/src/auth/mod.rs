@@ -1,0 +1,81 @@
+//! Who sent a message, from a verified signature: the [`TokenVerifier`] trait, the verified
+//! [`Principal`], and the default HS256 JWT verifier.
+
+use std::fmt;
+
+mod hs256;
+
+pub use hs256::{Hs256Signer, Hs256Verifier};
+
+/// The verified sender of a message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// Who: the token's subject (`sub`).
+    pub subject: String,
+    /// What they may do: the token's roles.
+    pub roles: Vec<String>,
+}
+
+impl Principal {
+    /// Whether the principal holds at least one of `roles`.
+    pub fn has_any_role(&self, roles: &[String]) -> bool {
+        self.roles.iter().any(|held| roles.contains(held))
+    }
+}
+
+/// Why a token was not accepted. Messages never include the token itself.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// The message carries no token.
+    #[error("no token")]
+    Missing,
+    /// The token is not a well-formed token of the expected scheme.
+    #[error("malformed token")]
+    Malformed,
+    /// The signature does not verify with the configured key.
+    #[error("invalid signature")]
+    BadSignature,
+    /// The token has expired (or is not valid yet).
+    #[error("token expired")]
+    Expired,
+    /// The token is valid but lacks a required claim.
+    #[error("token lacks the `{0}` claim")]
+    MissingClaim(&'static str),
+    /// The principal holds none of the roles the task permits.
+    #[error("principal `{subject}` holds none of the roles {required:?}")]
+    NoMatchingRole {
+        /// The principal.
+        subject: String,
+        /// The roles the task permits.
+        required: Vec<String>,
+    },
+}
+
+/// Verifies a token and returns the principal it names. HS256 JWT is the default
+/// ([`Hs256Verifier`]); implement this trait for RS256, EdDSA or another scheme.
+pub trait TokenVerifier: Send + Sync + 'static {
+    /// Checks the signature and validity of `token` and returns its principal.
+    fn verify(&self, token: &str) -> Result<Principal, AuthError>;
+}
+
+/// A secret that never prints.
+#[derive(Clone)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    /// Wraps secret bytes.
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
+        Secret(bytes.into())
+    }
+
+    /// The secret bytes.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}

@@ -1,0 +1,147 @@
+//! [`TaskContext`]: what a handler may know about the message it is running for.
+
+use std::fmt;
+use std::sync::Arc;
+
+use worker_core::{Broker, BrokerError, Message, MessageId, Properties, Topic};
+
+use crate::auth::Principal;
+
+/// Facts about the delivery a handler runs for, and a way to publish follow-up messages.
+///
+/// Take it as an optional second parameter of a task fn: `async fn t(p: P, ctx: TaskContext)`.
+#[derive(Clone)]
+pub struct TaskContext {
+    inner: Arc<ContextInner>,
+}
+
+struct ContextInner {
+    task: &'static str,
+    topic: Arc<str>,
+    message_id: Arc<str>,
+    broker_message_id: MessageId,
+    attempt: u32,
+    message: Arc<Message>,
+    principal: Option<Principal>,
+    consumer: Arc<str>,
+    broker: Arc<dyn Broker>,
+}
+
+/// The parts a [`TaskContext`] is made of.
+#[doc(hidden)]
+pub struct ContextParts {
+    pub task: &'static str,
+    pub topic: Arc<str>,
+    pub message_id: Arc<str>,
+    pub broker_message_id: MessageId,
+    pub attempt: u32,
+    pub message: Arc<Message>,
+    pub principal: Option<Principal>,
+    pub consumer: Arc<str>,
+    pub broker: Arc<dyn Broker>,
+}
+
+impl TaskContext {
+    /// Builds a context. The worker does this for every delivery; tests of handlers may too.
+    pub fn new(parts: ContextParts) -> Self {
+        let ContextParts {
+            task,
+            topic,
+            message_id,
+            broker_message_id,
+            attempt,
+            message,
+            principal,
+            consumer,
+            broker,
+        } = parts;
+        TaskContext {
+            inner: Arc::new(ContextInner {
+                task,
+                topic,
+                message_id,
+                broker_message_id,
+                attempt,
+                message,
+                principal,
+                consumer,
+                broker,
+            }),
+        }
+    }
+
+    /// The task's name.
+    pub fn task_name(&self) -> &'static str {
+        self.inner.task
+    }
+
+    /// The topic the message was consumed from.
+    pub fn topic(&self) -> &str {
+        &self.inner.topic
+    }
+
+    /// The stable, logical id of the message: the same on every attempt and redelivery.
+    pub fn message_id(&self) -> &str {
+        &self.inner.message_id
+    }
+
+    /// The broker's id of this particular delivery; it changes when a retry is republished.
+    pub fn broker_message_id(&self) -> &MessageId {
+        &self.inner.broker_message_id
+    }
+
+    /// Which attempt this is, starting at 1.
+    pub fn attempt(&self) -> u32 {
+        self.inner.attempt
+    }
+
+    /// Every property of the message.
+    pub fn properties(&self) -> &Properties {
+        &self.inner.message.properties
+    }
+
+    /// One property of the message.
+    pub fn property(&self, name: &str) -> Option<&str> {
+        self.inner.message.property(name)
+    }
+
+    /// The message's key, if it has one.
+    pub fn key(&self) -> Option<&str> {
+        self.inner.message.key.as_deref()
+    }
+
+    /// The verified sender, for db tasks (and io tasks whose messages carry a valid token).
+    pub fn principal(&self) -> Option<&Principal> {
+        self.inner.principal.as_ref()
+    }
+
+    /// The name of the worker consuming the message.
+    pub fn consumer_name(&self) -> &str {
+        &self.inner.consumer
+    }
+
+    /// The broker the worker consumes from, to enqueue follow-up tasks:
+    /// `other_task::enqueue(ctx.broker(), &payload).await`.
+    pub fn broker(&self) -> &dyn Broker {
+        &*self.inner.broker
+    }
+
+    /// Publishes a raw message to any topic on the worker's broker.
+    pub async fn publish(&self, topic: &Topic, message: Message) -> Result<MessageId, BrokerError> {
+        self.inner.broker.publish(topic, message).await
+    }
+}
+
+impl fmt::Debug for TaskContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = &self.inner;
+        f.debug_struct("TaskContext")
+            .field("task", &inner.task)
+            .field("topic", &inner.topic)
+            .field("message_id", &inner.message_id)
+            .field("attempt", &inner.attempt)
+            .field("principal", &inner.principal)
+            .field("consumer", &inner.consumer)
+            .finish_non_exhaustive()
+    }
+}

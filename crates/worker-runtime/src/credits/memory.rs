@@ -1,0 +1,3 @@
+//! In-memory ledger (placeholder until it lands).
+/// In-memory ledger.
+pub struct MemoryCreditLedger;

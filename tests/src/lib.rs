@@ -1,0 +1,1 @@
+//! Integration, conformance and macro UI tests of the worker framework; see `tests/`.
