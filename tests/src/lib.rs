@@ -1,1 +1,4 @@
-//! Integration, conformance and macro UI tests of the worker framework; see `tests/`.
+//! Support for the integration, conformance and macro UI tests of the worker framework: starting real
+//! broker processes on free loopback ports, and the ledger that proves nothing was lost.
+
+pub mod brokers;
