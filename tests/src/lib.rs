@@ -2,3 +2,4 @@
 //! broker processes on free loopback ports, and the ledger that proves nothing was lost.
 
 pub mod brokers;
+pub mod worker_support;

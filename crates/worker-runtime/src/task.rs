@@ -11,7 +11,7 @@ use serde::Serialize;
 use worker_core::{TaskConfig, TaskError};
 
 use crate::context::TaskContext;
-use crate::worker::{run_task, TaskRun};
+use crate::worker::{run_task, TaskReport, TaskRun, WorkerError};
 
 /// A task: a payload type, a handler and its configuration. `#[pulsar_io_task]` and
 /// `#[pulsar_db_task]` implement it on a hidden type beside the handler fn; you rarely write it
@@ -71,7 +71,7 @@ impl TaskDefinition {
         self
     }
 
-    pub(crate) fn run(&self, run: TaskRun) -> crate::BoxFuture<'static, ()> {
+    pub(crate) fn run(&self, run: TaskRun) -> crate::BoxFuture<'static, Result<TaskReport, WorkerError>> {
         self.runner.run(run)
     }
 }
@@ -86,13 +86,13 @@ impl fmt::Debug for TaskDefinition {
 
 /// Runs one task's consumer loop without naming its type.
 trait ErasedTask: Send + Sync {
-    fn run(&self, run: TaskRun) -> crate::BoxFuture<'static, ()>;
+    fn run(&self, run: TaskRun) -> crate::BoxFuture<'static, Result<TaskReport, WorkerError>>;
 }
 
 struct Runner<T>(PhantomData<fn() -> T>);
 
 impl<T: Task> ErasedTask for Runner<T> {
-    fn run(&self, run: TaskRun) -> crate::BoxFuture<'static, ()> {
+    fn run(&self, run: TaskRun) -> crate::BoxFuture<'static, Result<TaskReport, WorkerError>> {
         Box::pin(run_task::<T>(run))
     }
 }

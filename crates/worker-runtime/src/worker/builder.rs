@@ -1,0 +1,304 @@
+//! [`Worker`] and its builder: which broker, which tasks, and the services db tasks need.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use worker_core::{Broker, BrokerError, ConfigError, TaskKind};
+
+use crate::auth::TokenVerifier;
+use crate::credits::CreditLedger;
+use crate::metrics::Metrics;
+use crate::task::TaskDefinition;
+
+use super::env::WorkerShared;
+use super::report::WorkerReport;
+use super::run::TaskRun;
+
+/// The default time in-flight handlers get to finish after a shutdown signal.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Why a worker could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// No broker was given to the builder.
+    #[error("no broker configured: call `.broker(..)` on the worker builder")]
+    NoBroker,
+    /// No task was given to the builder.
+    #[error("no tasks to run: declare a task with #[pulsar_io_task] or #[pulsar_db_task] and pass it to the worker")]
+    NoTasks,
+    /// Two tasks share a name.
+    #[error("task `{0}` is given twice")]
+    DuplicateTask(String),
+    /// Task configuration values are invalid.
+    #[error("invalid configuration:\n{}", list(.0))]
+    InvalidConfig(Vec<ConfigError>),
+    /// A db task checks roles but the worker has no token verifier.
+    #[error("task `{task}` checks roles {roles:?} but the worker has no token verification key (set --jwt-secret or WORKER_JWT_SECRET)")]
+    MissingVerifier {
+        /// The task.
+        task: String,
+        /// Its permitted roles.
+        roles: Vec<String>,
+    },
+    /// A db task charges credits but the worker has no credit ledger.
+    #[error("task `{task}` charges `{credit_type}` credits but the worker has no credit ledger")]
+    MissingLedger {
+        /// The task.
+        task: String,
+        /// The credit type it charges.
+        credit_type: String,
+    },
+    /// The backend cannot serve the task's consumer type.
+    #[error("task `{task}` asks for a `{consumer_type}` subscription, which the {backend} backend does not support")]
+    UnsupportedConsumerType {
+        /// The task.
+        task: String,
+        /// The backend.
+        backend: &'static str,
+        /// The consumer type asked for.
+        consumer_type: &'static str,
+    },
+    /// Subscribing to a task's topic failed.
+    #[error("task `{task}` cannot subscribe to `{topic}`")]
+    Subscribe {
+        /// The task.
+        task: String,
+        /// The topic.
+        topic: String,
+        /// The broker's error.
+        #[source]
+        source: BrokerError,
+    },
+    /// A task's consumer loop ended abnormally.
+    #[error("task `{task}` stopped: {message}")]
+    TaskFailed {
+        /// The task.
+        task: String,
+        /// What happened.
+        message: String,
+    },
+}
+
+fn list(errors: &[ConfigError]) -> String {
+    errors
+        .iter()
+        .map(|e| format!("  - {e}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `{hostname}-{pid}`: unique per process, so scaling out is starting more copies.
+pub fn default_consumer_name() -> String {
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    let host = if host.is_empty() { "worker".to_owned() } else { host };
+    format!("{host}-{}", std::process::id())
+}
+
+/// Builds a [`Worker`].
+#[derive(Default)]
+pub struct WorkerBuilder {
+    broker: Option<Arc<dyn Broker>>,
+    tasks: Vec<TaskDefinition>,
+    consumer_name: Option<String>,
+    verifier: Option<Arc<dyn TokenVerifier>>,
+    ledger: Option<Arc<dyn CreditLedger>>,
+    metrics: Option<Metrics>,
+    shutdown_grace: Option<Duration>,
+}
+
+impl WorkerBuilder {
+    /// The broker to consume from and publish retries and dead letters to.
+    pub fn broker(mut self, broker: Arc<dyn Broker>) -> Self {
+        self.broker = Some(broker);
+        self
+    }
+
+    /// Adds one task.
+    pub fn task(mut self, task: TaskDefinition) -> Self {
+        self.tasks.push(task);
+        self
+    }
+
+    /// Adds several tasks (e.g. [`crate::registered_tasks`]).
+    pub fn tasks(mut self, tasks: impl IntoIterator<Item = TaskDefinition>) -> Self {
+        self.tasks.extend(tasks);
+        self
+    }
+
+    /// This worker's consumer name; default `{hostname}-{pid}`.
+    pub fn consumer_name(mut self, name: impl Into<String>) -> Self {
+        self.consumer_name = Some(name.into());
+        self
+    }
+
+    /// Verifies the tokens of db tasks' messages.
+    pub fn verifier(mut self, verifier: Arc<dyn TokenVerifier>) -> Self {
+        self.verifier = Some(verifier);
+        self
+    }
+
+    /// Where db tasks charge credits.
+    pub fn credit_ledger(mut self, ledger: Arc<dyn CreditLedger>) -> Self {
+        self.ledger = Some(ledger);
+        self
+    }
+
+    /// Where to record metrics; default a fresh registry.
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// How long in-flight handlers may run after shutdown starts; default 30 s.
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = Some(grace);
+        self
+    }
+
+    /// Checks everything that can be checked before connecting, reporting every problem.
+    pub fn build(self) -> Result<Worker, WorkerError> {
+        let broker = self.broker.ok_or(WorkerError::NoBroker)?;
+        if self.tasks.is_empty() {
+            return Err(WorkerError::NoTasks);
+        }
+        let mut names = HashSet::new();
+        let mut config_errors = Vec::new();
+        for task in &self.tasks {
+            if !names.insert(task.name().to_owned()) {
+                return Err(WorkerError::DuplicateTask(task.name().to_owned()));
+            }
+            if let Err(errors) = task.config().validate() {
+                config_errors.extend(errors);
+            }
+        }
+        if !config_errors.is_empty() {
+            return Err(WorkerError::InvalidConfig(config_errors));
+        }
+        let capabilities = broker.capabilities();
+        for task in &self.tasks {
+            let config = task.config();
+            if config.kind == TaskKind::Db
+                && self.verifier.is_none()
+                && (!config.permission_roles.is_empty() || config.credits.is_some())
+            {
+                return Err(WorkerError::MissingVerifier {
+                    task: config.name.clone(),
+                    roles: config.permission_roles.clone(),
+                });
+            }
+            if let (Some(cost), None) = (&config.credits, &self.ledger) {
+                return Err(WorkerError::MissingLedger {
+                    task: config.name.clone(),
+                    credit_type: cost.credit_type.clone(),
+                });
+            }
+            if !capabilities.consumer_types.contains(&config.consumer_type) {
+                return Err(WorkerError::UnsupportedConsumerType {
+                    task: config.name.clone(),
+                    backend: broker.name(),
+                    consumer_type: config.consumer_type.as_str(),
+                });
+            }
+        }
+        let consumer: Arc<str> = self
+            .consumer_name
+            .unwrap_or_else(default_consumer_name)
+            .into();
+        let metrics = self.metrics.unwrap_or_else(|| Metrics::new(&consumer));
+        Ok(Worker {
+            shared: WorkerShared {
+                broker,
+                capabilities,
+                consumer,
+                verifier: self.verifier,
+                ledger: self.ledger,
+                metrics,
+                grace: self.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+            },
+            tasks: self.tasks,
+        })
+    }
+}
+
+/// A configured worker, ready to run its tasks.
+pub struct Worker {
+    shared: WorkerShared,
+    tasks: Vec<TaskDefinition>,
+}
+
+impl Worker {
+    /// Starts building a worker.
+    pub fn builder() -> WorkerBuilder {
+        WorkerBuilder::default()
+    }
+
+    /// The tasks this worker runs.
+    pub fn tasks(&self) -> &[TaskDefinition] {
+        &self.tasks
+    }
+
+    /// The metrics this worker records.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// Runs every task until `shutdown` is cancelled, then stops fetching, lets in-flight handlers
+    /// finish within the grace period, gives the rest back to the broker, flushes acks and returns.
+    ///
+    /// If one task's consumer fails (it cannot subscribe), the others are stopped the same way and
+    /// the error is returned.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<WorkerReport, WorkerError> {
+        let stop = shutdown.child_token();
+        let shared = Arc::new(self.shared);
+        let mut running = tokio::task::JoinSet::new();
+        for (index, task) in self.tasks.iter().enumerate() {
+            let run = TaskRun::new(task.config().clone(), shared.clone(), stop.clone());
+            let name = task.name().to_owned();
+            let consume = task.run(run);
+            running.spawn(async move { (index, name, consume.await) });
+        }
+        shared.metrics.set_ready(true);
+        let mut reports = Vec::with_capacity(self.tasks.len());
+        let mut first_error = None;
+        while let Some(joined) = running.join_next().await {
+            let outcome = match joined {
+                Ok((index, _, Ok(task_report))) => Ok((index, task_report)),
+                Ok((_, _, Err(error))) => Err(error),
+                Err(join_error) => Err(WorkerError::TaskFailed {
+                    task: "(unknown)".to_owned(),
+                    message: join_error.to_string(),
+                }),
+            };
+            match outcome {
+                Ok(indexed) => reports.push(indexed),
+                Err(error) => {
+                    // Stop the other tasks gracefully; report the first failure.
+                    stop.cancel();
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        reports.sort_by_key(|(index, _)| *index);
+        let report = WorkerReport {
+            tasks: reports.into_iter().map(|(_, r)| r).collect(),
+        };
+        shared.metrics.set_ready(false);
+        match first_error {
+            Some(error) => Err(error),
+            None => Ok(report),
+        }
+    }
+}
+
+impl fmt::Debug for Worker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Worker")
+            .field("consumer", &self.shared.consumer)
+            .field("broker", &self.shared.broker.name())
+            .field("tasks", &self.tasks.iter().map(|t| t.name()).collect::<Vec<_>>())
+            .finish()
+    }
+}

@@ -1,0 +1,329 @@
+//! One delivery through the pipeline: decode → authorize → charge credits → rate limit →
+//! timeout(handler), ending in a [`Verdict`]. Acting on the verdict (ack, retry, dead-letter) is
+//! `settle`'s job.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::Instrument;
+use worker_core::{props, DeadLetterReason, Delivery, ErrorKind, TaskKind, Topic};
+
+use crate::auth::Principal;
+use crate::context::{ContextParts, TaskContext};
+use crate::credits::{ChargeKey, ChargeOutcome};
+use crate::middleware::auth::authorize;
+use crate::middleware::panic::catch_panic;
+use crate::middleware::retry::{decide, RetryDecision};
+use crate::middleware::timeout::with_timeout;
+use crate::task::Task;
+
+use super::env::{RetryMode, TaskEnv};
+use super::report::Counters;
+
+/// What should happen to a delivery.
+#[derive(Debug)]
+pub(crate) enum Verdict {
+    /// The handler succeeded: ack.
+    Succeeded,
+    /// The attempt failed and may be tried again after `delay`.
+    Retry {
+        next_attempt: u32,
+        delay: Duration,
+        error: String,
+    },
+    /// Give up: publish a DLQ copy, then ack.
+    DeadLetter {
+        reason: DeadLetterReason,
+        error: String,
+    },
+    /// Something outside the handler failed (the credit ledger): give the delivery back after
+    /// waiting, without counting an attempt.
+    GiveBack { after: Duration, error: String },
+}
+
+/// A delivery's verdict with the facts `settle` needs.
+#[derive(Debug)]
+pub(crate) struct Processed {
+    pub verdict: Verdict,
+    /// The attempt that produced the verdict (1-based).
+    pub attempt: u32,
+    /// The stable message id.
+    pub message_id: Arc<str>,
+}
+
+/// Runs a delivery through the pipeline. On ordered subscriptions a retry happens here, in place.
+pub(crate) async fn process<T: Task>(env: &TaskEnv, delivery: &Delivery) -> Processed {
+    let message_id = stable_id(delivery);
+    let mut attempt = match attempt_of(delivery) {
+        Ok(attempt) => attempt,
+        Err(error) => {
+            return Processed {
+                verdict: Verdict::DeadLetter {
+                    reason: DeadLetterReason::DecodeError,
+                    error,
+                },
+                attempt: 1,
+                message_id,
+            }
+        }
+    };
+    let span = tracing::info_span!(
+        "delivery",
+        task = env.task,
+        topic = &*env.topic,
+        message_id = &*message_id,
+        attempt
+    );
+    let verdict = async {
+        let (mut payload, principal) = match admit::<T>(env, delivery, &message_id).await {
+            Ok(admitted) => admitted,
+            Err(verdict) => return verdict,
+        };
+        loop {
+            if let Some(limiter) = &env.limiter {
+                let waited = tokio::select! {
+                    biased;
+                    waited = limiter.acquire() => waited,
+                    _ = env.stopping.cancelled() => return give_back_now("shutting down"),
+                };
+                env.metrics.rate_limit_wait(waited);
+            }
+            let verdict = run_handler::<T>(env, delivery, payload, attempt, &message_id, &principal).await;
+            match verdict {
+                Verdict::Retry {
+                    next_attempt,
+                    delay,
+                    error,
+                } if env.retry_mode == RetryMode::InPlace => {
+                    tracing::info!(%error, ?delay, "attempt failed; retrying in place");
+                    env.metrics.retried();
+                    Counters::add(&env.counters.retried, 1);
+                    tokio::select! {
+                        biased;
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = env.stopping.cancelled() => return give_back_now("shutting down"),
+                    }
+                    attempt = next_attempt;
+                    // The payload was moved into the handler; decoding the same bytes succeeds again.
+                    payload = match decode::<T>(env, delivery) {
+                        Ok(payload) => payload,
+                        Err(verdict) => return verdict,
+                    };
+                }
+                verdict => return verdict,
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+    Processed {
+        verdict,
+        attempt,
+        message_id,
+    }
+}
+
+fn give_back_now(error: &str) -> Verdict {
+    Verdict::GiveBack {
+        after: Duration::ZERO,
+        error: error.to_owned(),
+    }
+}
+
+/// The stable id: the property if the producer set one, else the broker's id of this first sighting
+/// (redeliveries of the same stored message keep it, and retries carry it forward as the property).
+fn stable_id(delivery: &Delivery) -> Arc<str> {
+    match delivery.property(props::MESSAGE_ID) {
+        Some(id) if !id.is_empty() => Arc::from(id),
+        _ => Arc::from(delivery.id.to_string()),
+    }
+}
+
+fn attempt_of(delivery: &Delivery) -> Result<u32, String> {
+    match delivery.property(props::ATTEMPT) {
+        None => Ok(1),
+        Some(text) => match text.parse::<u32>() {
+            Ok(attempt) if attempt >= 1 => Ok(attempt),
+            _ => Err(format!(
+                "property `{}` must be a positive integer, got {:?}",
+                props::ATTEMPT,
+                truncate(text, 64)
+            )),
+        },
+    }
+}
+
+fn truncate(text: &str, max: usize) -> &str {
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => &text[..cut],
+        None => text,
+    }
+}
+
+/// Decode, authorize and charge: the checks that happen once per delivery, before any attempt.
+async fn admit<T: Task>(
+    env: &TaskEnv,
+    delivery: &Delivery,
+    message_id: &Arc<str>,
+) -> Result<(T::Payload, Option<Principal>), Verdict> {
+    let payload = decode::<T>(env, delivery)?;
+    let principal = authorize_sender(env, delivery)?;
+    if let (Some(cost), Some(principal), Some(ledger)) =
+        (&env.config.credits, &principal, &env.shared.ledger)
+    {
+        let key = ChargeKey {
+            task: env.task.to_owned(),
+            message_id: message_id.to_string(),
+        };
+        match ledger
+            .charge(&principal.subject, &cost.credit_type, cost.amount, &key)
+            .await
+        {
+            Ok(ChargeOutcome::Charged) => {
+                env.metrics.credits_charged(&cost.credit_type, cost.amount);
+            }
+            Ok(ChargeOutcome::AlreadyCharged) => {}
+            Ok(ChargeOutcome::Insufficient { available }) => {
+                return Err(Verdict::DeadLetter {
+                    reason: DeadLetterReason::InsufficientCredits,
+                    error: format!(
+                        "principal `{}` has {available} `{}` credits, needs {}",
+                        principal.subject, cost.credit_type, cost.amount
+                    ),
+                });
+            }
+            Err(error) => {
+                return Err(Verdict::GiveBack {
+                    after: env.config.retry.retry_delay,
+                    error: error.to_string(),
+                });
+            }
+        }
+    }
+    Ok((payload, principal))
+}
+
+fn decode<T: Task>(env: &TaskEnv, delivery: &Delivery) -> Result<T::Payload, Verdict> {
+    let payload = delivery.payload();
+    if payload.len() > env.config.max_payload_bytes {
+        return Err(Verdict::DeadLetter {
+            reason: DeadLetterReason::PayloadTooLarge,
+            error: format!(
+                "payload of {} bytes exceeds the limit of {} bytes",
+                payload.len(),
+                env.config.max_payload_bytes
+            ),
+        });
+    }
+    serde_json::from_slice(payload).map_err(|error| Verdict::DeadLetter {
+        reason: DeadLetterReason::DecodeError,
+        error: format!("payload is not a valid `{}`: {error}", short_type_name::<T::Payload>()),
+    })
+}
+
+fn short_type_name<P>() -> &'static str {
+    let full = std::any::type_name::<P>();
+    let base = full.split('<').next().unwrap_or(full);
+    let start = base.rfind("::").map(|i| i + 2).unwrap_or(0);
+    &full[start..]
+}
+
+/// Db tasks that check roles or charge credits need a verified sender; others need none.
+fn authorize_sender(env: &TaskEnv, delivery: &Delivery) -> Result<Option<Principal>, Verdict> {
+    let config = &env.config;
+    let needs_sender =
+        config.kind == TaskKind::Db && (!config.permission_roles.is_empty() || config.credits.is_some());
+    if !needs_sender {
+        return Ok(None);
+    }
+    let forbidden = |error: String| Verdict::DeadLetter {
+        reason: DeadLetterReason::Forbidden,
+        error,
+    };
+    let Some(verifier) = env.shared.verifier.as_deref() else {
+        return Err(forbidden("the worker has no token verifier".to_owned()));
+    };
+    let token = delivery.property(props::AUTH_TOKEN);
+    match authorize(verifier, token, &config.permission_roles) {
+        Ok(principal) => Ok(Some(principal)),
+        // AuthError never contains the token, so it is safe to log and to put in the DLQ copy.
+        Err(error) => Err(forbidden(error.to_string())),
+    }
+}
+
+/// One attempt: the handler under panic capture and the per-attempt timeout.
+async fn run_handler<T: Task>(
+    env: &TaskEnv,
+    delivery: &Delivery,
+    payload: T::Payload,
+    attempt: u32,
+    message_id: &Arc<str>,
+    principal: &Option<Principal>,
+) -> Verdict {
+    let ctx = TaskContext::new(ContextParts {
+        task: env.task,
+        topic: env.topic.clone(),
+        message_id: message_id.clone(),
+        broker_message_id: delivery.id.clone(),
+        attempt,
+        message: delivery.message.clone(),
+        principal: principal.clone(),
+        consumer: env.shared.consumer.clone(),
+        broker: env.shared.broker.clone(),
+    });
+    env.metrics.attempt(attempt);
+    let started = Instant::now();
+    let result = with_timeout(env.config.timeout, catch_panic(T::handle(payload, ctx))).await;
+    env.metrics.handler_duration(started.elapsed());
+    let (kind, error) = match result {
+        Ok(Ok(Ok(output))) => {
+            if let Some(reply_to) = delivery.property(props::REPLY_TO) {
+                reply(env, reply_to, message_id, &output).await;
+            }
+            return Verdict::Succeeded;
+        }
+        Ok(Ok(Err(error))) => (error.kind(), error.to_string()),
+        Ok(Err(panic)) => {
+            env.metrics.panicked();
+            (ErrorKind::Retryable, panic.to_string())
+        }
+        Err(elapsed) => {
+            env.metrics.timed_out();
+            (ErrorKind::Retryable, elapsed.to_string())
+        }
+    };
+    match decide(&env.config.retry, attempt, kind, fastrand::f64()) {
+        RetryDecision::Retry { next_attempt, delay } => Verdict::Retry {
+            next_attempt,
+            delay,
+            error,
+        },
+        RetryDecision::DeadLetter(reason) => Verdict::DeadLetter { reason, error },
+    }
+}
+
+/// Publishes the handler's result where the sender asked. A failure here is logged, not retried:
+/// the task itself succeeded and running it again would repeat its effects.
+async fn reply<O: serde::Serialize>(env: &TaskEnv, reply_to: &str, message_id: &str, output: &O) {
+    let topic = match Topic::parse(reply_to) {
+        Ok(topic) => topic,
+        Err(error) => {
+            tracing::warn!(%error, "not publishing the result: invalid reply topic");
+            return;
+        }
+    };
+    let payload = match serde_json::to_vec(output) {
+        Ok(payload) => payload,
+        Err(error) => {
+            tracing::warn!(%error, "not publishing the result: it cannot be encoded as JSON");
+            return;
+        }
+    };
+    let message = worker_core::Message::new(payload)
+        .with_property(props::MESSAGE_ID, message_id)
+        .with_property(props::TASK, env.task);
+    if let Err(error) = env.shared.broker.publish(&topic, message).await {
+        tracing::warn!(%error, topic = %topic, "publishing the result failed");
+    }
+}

@@ -1,0 +1,162 @@
+//! One task's consumer: subscribe, dispatch deliveries until shutdown, then wind down in order —
+//! wait for in-flight handlers within the grace period, drop the rest, flush acks, give back every
+//! unsettled delivery, close the subscription.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use worker_core::{SubscribeOptions, Subscription, TaskConfig};
+
+use crate::middleware::rate_limit::RateLimiter;
+use crate::task::Task;
+
+use super::acks::start_ack_flusher;
+use super::builder::WorkerError;
+use super::dispatch::Dispatch;
+use super::env::{RetryMode, TaskEnv, WorkerShared};
+use super::report::{Counters, TaskReport};
+
+const SUBSCRIBE_RETRY_FIRST: Duration = Duration::from_millis(200);
+const SUBSCRIBE_RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// What one task's consumer loop needs from the worker.
+pub struct TaskRun {
+    config: TaskConfig,
+    shared: Arc<WorkerShared>,
+    stop: CancellationToken,
+}
+
+impl TaskRun {
+    pub(crate) fn new(config: TaskConfig, shared: Arc<WorkerShared>, stop: CancellationToken) -> Self {
+        TaskRun {
+            config,
+            shared,
+            stop,
+        }
+    }
+}
+
+/// Runs task `T`'s consumer until `stop` is cancelled.
+pub(crate) async fn run_task<T: Task>(run: TaskRun) -> Result<TaskReport, WorkerError> {
+    let TaskRun {
+        config,
+        shared,
+        stop,
+    } = run;
+    let Some(subscription) = subscribe(&config, &shared, &stop).await? else {
+        return Ok(Counters::default().report(T::NAME));
+    };
+    let (acks, flusher) = start_ack_flusher(subscription.clone(), T::NAME);
+    let env = Arc::new(TaskEnv {
+        task: T::NAME,
+        topic: Arc::from(config.topic.to_string()),
+        retry_mode: TaskEnv::retry_mode(&config, &shared.capabilities),
+        limiter: config.rate_limit.map(RateLimiter::new),
+        metrics: shared.metrics.task(T::NAME, &config.topic.to_string()),
+        counters: Counters::default(),
+        subscription: subscription.clone(),
+        acks,
+        stopping: stop,
+        shared,
+        config,
+    });
+    let (unsettled_sender, mut unsettled) = mpsc::unbounded_channel();
+    let dispatch = Arc::new(Dispatch {
+        env: env.clone(),
+        tracker: TaskTracker::new(),
+        abort: Arc::new(CancellationToken::new()),
+        unsettled: unsettled_sender,
+    });
+    tracing::info!(
+        task = T::NAME,
+        topic = %env.config.topic,
+        subscription = %env.config.subscription,
+        consumer = %env.shared.consumer,
+        consumer_type = env.config.consumer_type.as_str(),
+        concurrency = env.config.concurrency,
+        "consuming"
+    );
+    if env.retry_mode == RetryMode::InPlace {
+        dispatch.clone().lanes::<T>().await;
+    } else {
+        dispatch.clone().pool::<T>().await;
+    }
+
+    // Shutdown: fetching has stopped. Let in-flight handlers finish within the grace period.
+    dispatch.tracker.close();
+    let grace = env.shared.grace;
+    if tokio::time::timeout(grace, dispatch.tracker.wait()).await.is_err() {
+        tracing::warn!(task = T::NAME, ?grace, "grace period over; stopping unfinished handlers");
+        dispatch.abort.cancel();
+        dispatch.tracker.wait().await;
+    }
+    let mut give_back = Vec::new();
+    while let Ok(id) = unsettled.try_recv() {
+        give_back.push(id);
+    }
+    let mut report = env.counters.report(T::NAME);
+    report.nacked += give_back.len() as u64;
+    // Dropping the last handles to the ack sender lets the flusher send what is queued and end.
+    drop(dispatch);
+    drop(env);
+    if let Err(error) = flusher.await {
+        tracing::error!(task = T::NAME, %error, "the ack flusher failed");
+    }
+    if !give_back.is_empty() {
+        tracing::info!(task = T::NAME, count = give_back.len(), "giving unfinished deliveries back to the broker");
+        if let Err(error) = subscription.nack(give_back).await {
+            tracing::warn!(task = T::NAME, %error, "nack at shutdown failed; the broker redelivers them when the consumer closes");
+        }
+    }
+    if let Err(error) = subscription.close().await {
+        tracing::warn!(task = T::NAME, %error, "closing the subscription failed");
+    }
+    tracing::info!(task = T::NAME, ?report, "stopped");
+    Ok(report)
+}
+
+/// Subscribes, retrying transient failures until `stop`. `None` if stopped first.
+async fn subscribe(
+    config: &TaskConfig,
+    shared: &WorkerShared,
+    stop: &CancellationToken,
+) -> Result<Option<Arc<dyn Subscription>>, WorkerError> {
+    let options = SubscribeOptions {
+        topic: config.topic.clone(),
+        subscription: config.subscription.clone(),
+        consumer_name: shared.consumer.to_string(),
+        consumer_type: config.consumer_type,
+        initial_position: config.initial_position,
+        receiver_queue_size: config.receiver_queue_size,
+    };
+    let mut pause = SUBSCRIBE_RETRY_FIRST;
+    loop {
+        let attempt = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return Ok(None),
+            attempt = shared.broker.subscribe(options.clone()) => attempt,
+        };
+        match attempt {
+            Ok(subscription) => return Ok(Some(Arc::from(subscription))),
+            Err(error) if error.is_transient() => {
+                tracing::warn!(task = %config.name, topic = %config.topic, %error, ?pause, "subscribing failed; trying again");
+                tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => return Ok(None),
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(SUBSCRIBE_RETRY_MAX);
+            }
+            Err(source) => {
+                return Err(WorkerError::Subscribe {
+                    task: config.name.clone(),
+                    topic: config.topic.to_string(),
+                    source,
+                })
+            }
+        }
+    }
+}

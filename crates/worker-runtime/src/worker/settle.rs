@@ -1,0 +1,170 @@
+//! Acting on a [`Verdict`]: ack, republish a delayed retry, or publish a dead-letter copy — and ack
+//! the original only after that publish is confirmed, so a crash anywhere means redelivery, never loss.
+
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::OwnedSemaphorePermit;
+use worker_core::{props, DeadLetterReason, Delivery, Message, Topic};
+
+use crate::credits::{ChargeKey, RefundOutcome};
+use crate::middleware::dead_letter::{dead_letter_message, sanitize_error, DeadLetter, MAX_DLQ_ERROR_LEN};
+
+use super::env::{RetryMode, TaskEnv};
+use super::pipeline::{Processed, Verdict};
+use super::report::Counters;
+
+/// The first and the longest wait between attempts to publish a retry or a DLQ copy.
+const PUBLISH_RETRY_FIRST: Duration = Duration::from_millis(100);
+const PUBLISH_RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// Acts on the verdict. `permit` is the delivery's concurrency slot; it is released early when a
+/// retry waits in the worker, so that a waiting retry holds no slot.
+pub(crate) async fn settle(
+    env: &TaskEnv,
+    delivery: Delivery,
+    processed: Processed,
+    permit: Option<OwnedSemaphorePermit>,
+) {
+    let Processed {
+        verdict,
+        attempt,
+        message_id,
+    } = processed;
+    match verdict {
+        Verdict::Succeeded => {
+            env.acks.ack(delivery.id);
+            env.metrics.ok();
+            Counters::add(&env.counters.succeeded, 1);
+        }
+        Verdict::Retry {
+            next_attempt,
+            delay,
+            error,
+        } => {
+            tracing::info!(
+                task = env.task,
+                message_id = &*message_id,
+                attempt,
+                ?delay,
+                error = %sanitize_error(&error, MAX_DLQ_ERROR_LEN),
+                "attempt failed; retry scheduled"
+            );
+            let mut retry = (*delivery.message).clone();
+            retry
+                .properties
+                .insert(props::ATTEMPT.to_owned(), next_attempt.to_string());
+            retry
+                .properties
+                .insert(props::MESSAGE_ID.to_owned(), message_id.to_string());
+            match env.retry_mode {
+                RetryMode::WorkerDelayed => {
+                    drop(permit);
+                    tokio::select! {
+                        biased;
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = env.stopping.cancelled() => {
+                            give_back(env, delivery, "shutting down during a retry delay").await;
+                            return;
+                        }
+                    }
+                    retry.deliver_at = None;
+                }
+                // In-place retries never reach here; a republish with a delivery time is the
+                // right fallback for both.
+                RetryMode::BrokerDelayed | RetryMode::InPlace => {
+                    retry.deliver_at = Some(SystemTime::now() + delay);
+                }
+            }
+            publish_confirmed(env, &env.config.topic, retry, "retry").await;
+            env.acks.ack(delivery.id);
+            env.metrics.retried();
+            Counters::add(&env.counters.retried, 1);
+        }
+        Verdict::DeadLetter { reason, error } => {
+            let error = sanitize_error(&error, MAX_DLQ_ERROR_LEN);
+            tracing::warn!(
+                task = env.task,
+                message_id = &*message_id,
+                reason = reason.as_str(),
+                attempts = attempt,
+                error = %error,
+                "dead-lettering message"
+            );
+            let copy = dead_letter_message(
+                &delivery.message,
+                &DeadLetter {
+                    reason,
+                    error: &error,
+                    attempts: attempt,
+                    original_topic: &env.topic,
+                    original_message_id: &delivery.id,
+                    task: env.task,
+                    consumer: &env.shared.consumer,
+                    time: SystemTime::now(),
+                },
+            );
+            publish_confirmed(env, &env.config.dlq_topic, copy, "dead-letter copy").await;
+            env.acks.ack(delivery.id);
+            env.metrics.dead_lettered(reason);
+            Counters::add(&env.counters.dead_lettered, 1);
+            if reason != DeadLetterReason::InsufficientCredits {
+                refund(env, &message_id).await;
+            }
+        }
+        Verdict::GiveBack { after, error } => {
+            if !after.is_zero() {
+                tracing::warn!(task = env.task, message_id = &*message_id, %error, ?after, "giving the message back to the broker");
+                tokio::select! {
+                    biased;
+                    _ = tokio::time::sleep(after) => {}
+                    _ = env.stopping.cancelled() => {}
+                }
+            }
+            give_back(env, delivery, &error).await;
+        }
+    }
+}
+
+/// Nacks one delivery so the broker delivers it again.
+pub(crate) async fn give_back(env: &TaskEnv, delivery: Delivery, why: &str) {
+    Counters::add(&env.counters.nacked, 1);
+    if let Err(error) = env.subscription.nack(vec![delivery.id]).await {
+        // Unacked deliveries come back anyway when the consumer goes away.
+        tracing::warn!(task = env.task, %error, why, "nack failed");
+    }
+}
+
+/// Publishes until the broker confirms. The delivery stays unacked meanwhile; if the worker stops
+/// first, shutdown cancels this and the delivery is given back.
+async fn publish_confirmed(env: &TaskEnv, topic: &Topic, message: Message, what: &'static str) {
+    let mut wait = PUBLISH_RETRY_FIRST;
+    loop {
+        match env.shared.broker.publish(topic, message.clone()).await {
+            Ok(_) => return,
+            Err(error) => {
+                tracing::warn!(task = env.task, topic = %topic, %error, ?wait, "publishing the {what} failed; trying again");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(PUBLISH_RETRY_MAX);
+            }
+        }
+    }
+}
+
+/// Returns a dead-lettered message's credits. Idempotent in the ledger, so safe to call for
+/// messages that were never charged.
+async fn refund(env: &TaskEnv, message_id: &str) {
+    let (Some(_), Some(ledger)) = (&env.config.credits, &env.shared.ledger) else {
+        return;
+    };
+    let key = ChargeKey {
+        task: env.task.to_owned(),
+        message_id: message_id.to_owned(),
+    };
+    match ledger.refund(&key).await {
+        Ok(RefundOutcome::Refunded(amount)) => {
+            tracing::info!(task = env.task, message_id, amount, "credits refunded");
+        }
+        Ok(RefundOutcome::NothingToRefund) => {}
+        Err(error) => tracing::error!(task = env.task, message_id, %error, "refunding credits failed"),
+    }
+}

@@ -1,0 +1,235 @@
+//! Delivery guarantees of the worker on the embedded broker: redelivery after a worker dies
+//! mid-task, graceful shutdown, two workers sharing a subscription, the rate limit, bounded
+//! concurrency, and in-order retries on key_shared subscriptions.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use integration_tests::worker_support::RunningWorker;
+use serde::{Deserialize, Serialize};
+use worker_runtime::broker::MemoryBroker;
+use worker_runtime::prelude::*;
+use worker_runtime::worker::Worker;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_message_in_flight_when_its_worker_dies_is_redelivered_and_handled() {
+    static HANDLED: Mutex<Vec<(String, u32)>> = Mutex::new(Vec::new());
+    static STARTED: AtomicU32 = AtomicU32::new(0);
+
+    #[pulsar_io_task(topic = "q1/test/delivery/crash", timeout = "1m")]
+    async fn crashy(n: u32, ctx: TaskContext) -> Result<(), TaskError> {
+        STARTED.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        lock(&HANDLED).push((ctx.consumer_name().to_owned(), n));
+        Ok(())
+    }
+
+    let broker = Arc::new(MemoryBroker::new());
+    crashy::enqueue(&*broker, &7).await.expect("enqueue");
+    let first = RunningWorker::start(
+        Worker::builder().broker(broker.clone()).task(crashy::task()).consumer_name("first"),
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(STARTED.load(Ordering::SeqCst), 1, "the first worker started the message");
+    first.kill();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let second = RunningWorker::start(
+        Worker::builder().broker(broker.clone()).task(crashy::task()).consumer_name("second"),
+    );
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let report = second.stop().await;
+    assert_eq!(*lock(&HANDLED), [("second".to_owned(), 7)]);
+    assert_eq!(report.task("crashy").map(|t| t.succeeded), Some(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn graceful_shutdown_finishes_in_flight_work_and_gives_back_the_rest() {
+    static FINISHED: AtomicU32 = AtomicU32::new(0);
+    static STARTED: AtomicU32 = AtomicU32::new(0);
+
+    #[pulsar_io_task(topic = "q1/test/delivery/shutdown", concurrency = 2, timeout = "1m")]
+    async fn slow_job(_n: u32) -> Result<(), TaskError> {
+        STARTED.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        FINISHED.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    let broker = Arc::new(MemoryBroker::new());
+    for n in 0..10u32 {
+        slow_job::enqueue(&*broker, &n).await.expect("enqueue");
+    }
+    let worker = RunningWorker::start(
+        Worker::builder()
+            .broker(broker.clone())
+            .task(slow_job::task())
+            .shutdown_grace(Duration::from_secs(30)),
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(STARTED.load(Ordering::SeqCst), 2, "concurrency bounds what runs at once");
+    let report = worker.stop().await;
+    let task = report.task("slow_job").expect("report");
+    assert_eq!(FINISHED.load(Ordering::SeqCst), 2, "in-flight handlers finished");
+    assert_eq!(task.succeeded, 2);
+
+    // A new worker sees exactly the eight that never started: nothing completed comes back.
+    let again = RunningWorker::start(Worker::builder().broker(broker.clone()).task(slow_job::task()));
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let report = again.stop().await;
+    assert_eq!(report.task("slow_job").map(|t| t.succeeded), Some(8));
+    assert_eq!(STARTED.load(Ordering::SeqCst), 10, "each message started exactly once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_after_the_grace_period_gives_back_unfinished_handlers() {
+    static STARTED: AtomicU32 = AtomicU32::new(0);
+
+    #[pulsar_io_task(topic = "q1/test/delivery/stuck", concurrency = 1, timeout = "10m")]
+    async fn stuck(_n: u32) -> Result<(), TaskError> {
+        STARTED.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        Ok(())
+    }
+
+    let broker = Arc::new(MemoryBroker::new());
+    stuck::enqueue(&*broker, &1).await.expect("enqueue");
+    let worker = RunningWorker::start(
+        Worker::builder()
+            .broker(broker.clone())
+            .task(stuck::task())
+            .shutdown_grace(Duration::from_secs(5)),
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stopping = tokio::time::Instant::now();
+    let report = worker.stop().await;
+    assert_eq!(stopping.elapsed(), Duration::from_secs(5), "stops at the end of the grace period");
+    assert_eq!(report.task("stuck").map(|t| (t.succeeded, t.nacked)), Some((0, 1)));
+
+    let next = RunningWorker::start(Worker::builder().broker(broker.clone()).task(stuck::task()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(STARTED.load(Ordering::SeqCst), 2, "the given-back message was delivered again");
+    next.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_on_one_shared_subscription_handle_each_message_once() {
+    static SEEN: Mutex<Option<HashMap<u32, Vec<String>>>> = Mutex::new(None);
+
+    #[pulsar_io_task(topic = "q1/test/delivery/shared", concurrency = 4)]
+    async fn split(n: u32, ctx: TaskContext) -> Result<(), TaskError> {
+        tokio::time::sleep(Duration::from_micros(200)).await;
+        lock(&SEEN).get_or_insert_with(HashMap::new).entry(n).or_default().push(ctx.consumer_name().to_owned());
+        Ok(())
+    }
+
+    const COUNT: u32 = 2_000;
+    let broker = Arc::new(MemoryBroker::new());
+    let a = RunningWorker::start(Worker::builder().broker(broker.clone()).task(split::task()).consumer_name("a"));
+    let b = RunningWorker::start(Worker::builder().broker(broker.clone()).task(split::task()).consumer_name("b"));
+    for n in 0..COUNT {
+        split::enqueue(&*broker, &n).await.expect("enqueue");
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while lock(&SEEN).as_ref().map_or(0, HashMap::len) < COUNT as usize && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (ra, rb) = (a.stop().await, b.stop().await);
+    let seen = lock(&SEEN).take().unwrap_or_default();
+    assert_eq!(seen.len(), COUNT as usize, "every message handled");
+    assert!(seen.values().all(|c| c.len() == 1), "no message handled twice");
+    let by_a = seen.values().filter(|c| c[0] == "a").count();
+    let (sa, sb) = (ra.task("split").map_or(0, |t| t.succeeded), rb.task("split").map_or(0, |t| t.succeeded));
+    println!("worker a handled {sa}, worker b handled {sb}");
+    assert!(sa > 0 && sb > 0, "both workers took a share ({sa} / {sb})");
+    assert_eq!(by_a as u64, sa);
+    assert_eq!(sa + sb, u64::from(COUNT));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_rate_limit_holds() {
+    static STARTS: Mutex<Vec<tokio::time::Instant>> = Mutex::new(Vec::new());
+
+    #[pulsar_io_task(topic = "q1/test/delivery/limited", rate_limit = 5, rate_window = 1, concurrency = 8)]
+    async fn limited(_n: u32) -> Result<(), TaskError> {
+        lock(&STARTS).push(tokio::time::Instant::now());
+        Ok(())
+    }
+
+    let broker = Arc::new(MemoryBroker::new());
+    for n in 0..30u32 {
+        limited::enqueue(&*broker, &n).await.expect("enqueue");
+    }
+    let begin = tokio::time::Instant::now();
+    let worker = RunningWorker::start(Worker::builder().broker(broker.clone()).task(limited::task()));
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    worker.stop().await;
+    let starts = lock(&STARTS).clone();
+    assert_eq!(starts.len(), 30);
+    // A burst of 5, then one every 200 ms: message k starts at (k - 4) × 200 ms.
+    for (k, start) in starts.iter().enumerate() {
+        let expected = Duration::from_millis(200 * (k.saturating_sub(4)) as u64);
+        let at = *start - begin;
+        assert!(at + Duration::from_millis(1) >= expected, "message {k} started at {at:?}, before {expected:?}");
+    }
+    for window_start in 0..5 {
+        let from = begin + Duration::from_secs(window_start);
+        let in_window = starts.iter().filter(|s| **s >= from && **s < from + Duration::from_secs(1)).count();
+        assert!(in_window <= 5 + 1, "{in_window} starts in one second");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn key_shared_retries_in_place_so_each_key_keeps_its_order() {
+    static ORDER: Mutex<Vec<(String, u32, u32)>> = Mutex::new(Vec::new());
+    static FAILED_ONCE: AtomicUsize = AtomicUsize::new(0);
+
+    #[derive(Serialize, Deserialize)]
+    struct Step {
+        key: String,
+        seq: u32,
+    }
+
+    #[pulsar_io_task(
+        topic = "q1/test/delivery/ordered",
+        consumer_type = "key_shared",
+        concurrency = 3,
+        retry_delay = "1s"
+    )]
+    async fn ordered(step: Step, ctx: TaskContext) -> Result<(), TaskError> {
+        lock(&ORDER).push((step.key.clone(), step.seq, ctx.attempt()));
+        if step.seq == 2 && ctx.attempt() == 1 {
+            FAILED_ONCE.fetch_add(1, Ordering::SeqCst);
+            return Err(TaskError::retryable("transient"));
+        }
+        Ok(())
+    }
+
+    let broker = Arc::new(MemoryBroker::new());
+    for seq in 0..5u32 {
+        for key in ["a", "b", "c", "d"] {
+            ordered::message(&Step { key: key.into(), seq })
+                .key(key)
+                .send(&*broker)
+                .await
+                .expect("enqueue");
+        }
+    }
+    let worker = RunningWorker::start(Worker::builder().broker(broker.clone()).task(ordered::task()));
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let report = worker.stop().await;
+    assert_eq!(FAILED_ONCE.load(Ordering::SeqCst), 4);
+    let order = lock(&ORDER).clone();
+    for key in ["a", "b", "c", "d"] {
+        let seqs: Vec<(u32, u32)> = order.iter().filter(|(k, _, _)| k == key).map(|(_, s, a)| (*s, *a)).collect();
+        assert_eq!(seqs, [(0, 1), (1, 1), (2, 1), (2, 2), (3, 1), (4, 1)], "key {key}");
+    }
+    let task = report.task("ordered").expect("report");
+    assert_eq!((task.succeeded, task.retried, task.dead_lettered), (20, 4, 0));
+}
