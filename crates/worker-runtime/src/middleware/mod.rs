@@ -1,7 +1,11 @@
 //! The building blocks the worker pipeline composes, one module each.
 
 pub mod backoff;
+pub mod panic;
 pub mod retry;
+pub mod timeout;
 
 pub use backoff::{jittered, retry_delay};
+pub use panic::{catch_panic, PanicError};
 pub use retry::{decide, decide_jittered, RetryDecision};
+pub use timeout::{with_timeout, Elapsed};
