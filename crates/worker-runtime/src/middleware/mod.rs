@@ -2,10 +2,12 @@
 
 pub mod backoff;
 pub mod panic;
+pub mod rate_limit;
 pub mod retry;
 pub mod timeout;
 
 pub use backoff::{jittered, retry_delay};
 pub use panic::{catch_panic, PanicError};
+pub use rate_limit::RateLimiter;
 pub use retry::{decide, decide_jittered, RetryDecision};
 pub use timeout::{with_timeout, Elapsed};
