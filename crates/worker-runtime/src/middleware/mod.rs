@@ -4,7 +4,7 @@
 //! - [`auth`]: the role check of db tasks ([`authorize`]);
 //! - [`rate_limit`]: at most n messages started per window ([`RateLimiter`]);
 //! - [`timeout`]: the per-attempt limit ([`with_timeout`]);
-//! - [`panic`]: a panicking handler becomes a failed attempt ([`catch_panic`]);
+//! - [`panic`](mod@panic): a panicking handler becomes a failed attempt ([`catch_panic`]);
 //! - [`retry`]: after a failure, retry or dead-letter ([`decide`]), with the delay from
 //! - [`backoff`]: exponential backoff with jitter, arithmetic only ([`retry_delay`]);
 //! - [`dead_letter`]: the dead-letter copy of a message and its sanitized error text
