@@ -5,7 +5,7 @@ use std::fmt;
 
 mod hs256;
 
-pub use hs256::{Hs256Signer, Hs256Verifier};
+pub use hs256::{Hs256Signer, Hs256Verifier, SignError, MAX_TOKEN_LEN};
 
 /// The verified sender of a message.
 #[derive(Clone, Debug, PartialEq, Eq)]

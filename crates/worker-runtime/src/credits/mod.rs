@@ -5,7 +5,7 @@
 
 mod memory;
 
-pub use memory::MemoryCreditLedger;
+pub use memory::{MemoryCreditLedger, DEFAULT_MAX_CHARGE_RECORDS};
 
 use worker_core::BoxFuture;
 
