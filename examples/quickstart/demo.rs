@@ -8,7 +8,9 @@ use worker_runtime::broker::MemoryBroker;
 use worker_runtime::credits::{CreditLedger, MemoryCreditLedger};
 use worker_runtime::metrics::Metrics;
 use worker_runtime::worker::{CancellationToken, Worker, WorkerReport};
-use worker_runtime::{props, Broker, ConsumerType, InitialPosition, Message, SubscribeOptions, Topic};
+use worker_runtime::{
+    props, Broker, ConsumerType, InitialPosition, Message, SubscribeOptions, Topic,
+};
 
 use crate::{ingest_data, write_records, RawEvent, Record};
 
@@ -68,15 +70,30 @@ pub async fn send_traffic(broker: &dyn Broker) -> anyhow::Result<()> {
     }
 
     let rows = vec![
-        Record { key: "a".into(), value: 1 },
-        Record { key: "b".into(), value: 2 },
+        Record {
+            key: "a".into(),
+            value: 1,
+        },
+        Record {
+            key: "b".into(),
+            value: 2,
+        },
     ];
     let alice = signer.sign("alice", &["db_writer"], Duration::from_secs(3600))?;
     let mallory = signer.sign("mallory", &["reader"], Duration::from_secs(3600))?;
     let bob = signer.sign("bob", &["db_writer"], Duration::from_secs(3600))?;
-    write_records::message(&rows).auth_token(alice).send(broker).await?;
-    write_records::message(&rows).auth_token(mallory).send(broker).await?;
-    write_records::message(&rows).auth_token(bob).send(broker).await?;
+    write_records::message(&rows)
+        .auth_token(alice)
+        .send(broker)
+        .await?;
+    write_records::message(&rows)
+        .auth_token(mallory)
+        .send(broker)
+        .await?;
+    write_records::message(&rows)
+        .auth_token(bob)
+        .send(broker)
+        .await?;
     Ok(())
 }
 
@@ -110,7 +127,11 @@ pub async fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn read_all(broker: &dyn Broker, topic: &str, count: usize) -> anyhow::Result<Vec<Arc<Message>>> {
+async fn read_all(
+    broker: &dyn Broker,
+    topic: &str,
+    count: usize,
+) -> anyhow::Result<Vec<Arc<Message>>> {
     let subscription = broker
         .subscribe(SubscribeOptions {
             topic: Topic::parse(topic)?,
@@ -126,7 +147,9 @@ async fn read_all(broker: &dyn Broker, topic: &str, count: usize) -> anyhow::Res
         let batch = tokio::time::timeout(Duration::from_secs(30), subscription.receive(count))
             .await
             .map_err(|_| anyhow::anyhow!("the demo's dead letters did not arrive within 30 s"))??;
-        subscription.ack(batch.iter().map(|d| d.id.clone()).collect()).await?;
+        subscription
+            .ack(batch.iter().map(|d| d.id.clone()).collect())
+            .await?;
         messages.extend(batch.into_iter().map(|d| d.message));
     }
     subscription.close().await?;
@@ -165,7 +188,9 @@ async fn print_summary(
     let waited = metrics
         .encode()
         .lines()
-        .filter(|l| l.starts_with("worker_rate_limit_wait_seconds_total{") && l.contains("ingest_data"))
+        .filter(|l| {
+            l.starts_with("worker_rate_limit_wait_seconds_total{") && l.contains("ingest_data")
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>();
     println!("\nRate limit: ingest_data waited {waited:.1} s in total for its 5-per-second budget");

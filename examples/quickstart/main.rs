@@ -59,7 +59,12 @@ pub async fn ingest_data(event: RawEvent, ctx: TaskContext) -> Result<(), TaskEr
             ctx.attempt()
         )));
     }
-    println!("  ingested event {} ({:?}) on attempt {}", event.id, event.body, ctx.attempt());
+    println!(
+        "  ingested event {} ({:?}) on attempt {}",
+        event.id,
+        event.body,
+        ctx.attempt()
+    );
     Ok(())
 }
 

@@ -15,7 +15,9 @@ pub struct RunningWorker {
 impl RunningWorker {
     /// Builds and starts the worker; panics on a configuration error (tests configure it).
     pub fn start(builder: WorkerBuilder) -> Self {
-        let worker = builder.build().expect("the test's worker configuration is valid");
+        let worker = builder
+            .build()
+            .expect("the test's worker configuration is valid");
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(worker.run(shutdown.clone()));
         RunningWorker { shutdown, handle }

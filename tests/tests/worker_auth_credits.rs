@@ -31,10 +31,16 @@ fn signer() -> Hs256Signer {
 }
 
 fn token(subject: &str, roles: &[&str]) -> String {
-    signer().sign(subject, roles, Duration::from_secs(3600)).expect("sign a token")
+    signer()
+        .sign(subject, roles, Duration::from_secs(3600))
+        .expect("sign a token")
 }
 
-fn worker_for(broker: &Arc<MemoryBroker>, ledger: &Arc<MemoryCreditLedger>, task: TaskDefinition) -> RunningWorker {
+fn worker_for(
+    broker: &Arc<MemoryBroker>,
+    ledger: &Arc<MemoryCreditLedger>,
+    task: TaskDefinition,
+) -> RunningWorker {
     RunningWorker::start(
         Worker::builder()
             .broker(broker.clone())
@@ -68,9 +74,13 @@ async fn only_verified_holders_of_a_permitted_role_reach_the_handler() {
     let forged = {
         // A token signed with another key.
         let other = Hs256Signer::new(Secret::new(b"another-key-another-key-another!".to_vec()));
-        other.sign("mallory", &["db_writer"], Duration::from_secs(3600)).expect("sign")
+        other
+            .sign("mallory", &["db_writer"], Duration::from_secs(3600))
+            .expect("sign")
     };
-    let expired = signer().sign_expired("eve", &["db_writer"]).expect("sign an expired token");
+    let expired = signer()
+        .sign_expired("eve", &["db_writer"])
+        .expect("sign an expired token");
     let tampered = {
         let good = token("trent", &["reader"]);
         let mut parts: Vec<String> = good.split('.').map(str::to_owned).collect();
@@ -90,25 +100,42 @@ async fn only_verified_holders_of_a_permitted_role_reach_the_handler() {
         (8, Some(token("alice", &["db_admin", "other"]))),
     ];
     for (id, token) in &cases {
-        let mut message = guarded::message(&Record { id: *id, fail_first: false, always_fail: false });
+        let mut message = guarded::message(&Record {
+            id: *id,
+            fail_first: false,
+            always_fail: false,
+        });
         if let Some(token) = token {
             message = message.auth_token(token.clone());
         }
         message.send(&*broker).await.expect("enqueue");
     }
     let worker = worker_for(&broker, &ledger, guarded::task());
-    let dead = read_topic(&*broker, "q1/test/auth/writes-dlq", 6, Duration::from_secs(10)).await;
+    let dead = read_topic(
+        &*broker,
+        "q1/test/auth/writes-dlq",
+        6,
+        Duration::from_secs(10),
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     worker.stop().await;
 
-    assert_eq!(HANDLED.load(Ordering::SeqCst), 2, "only messages 1 and 8 pass");
+    assert_eq!(
+        HANDLED.load(Ordering::SeqCst),
+        2,
+        "only messages 1 and 8 pass"
+    );
     assert_eq!(dead.len(), 6);
     for d in &dead {
         assert_eq!(d.property(props::DLQ_REASON), Some("forbidden"));
         let error = d.property(props::DLQ_ERROR).unwrap_or_default();
         for (_, token) in &cases {
             if let Some(token) = token {
-                assert!(!error.contains(token.as_str()), "the DLQ error never quotes the token");
+                assert!(
+                    !error.contains(token.as_str()),
+                    "the DLQ error never quotes the token"
+                );
             }
         }
     }
@@ -116,7 +143,11 @@ async fn only_verified_holders_of_a_permitted_role_reach_the_handler() {
         let ledger = ledger.clone();
         async move { ledger.balance(who, "db_credits").await.expect("balance") }
     };
-    assert_eq!(balance("alice").await, 96, "two messages of alice charged 2 each");
+    assert_eq!(
+        balance("alice").await,
+        96,
+        "two messages of alice charged 2 each"
+    );
     for who in ["mallory", "eve", "bob", "trent"] {
         assert_eq!(balance(who).await, 100, "{who} was not charged");
     }
@@ -149,27 +180,76 @@ async fn credits_are_charged_once_across_retries_and_refunded_from_the_dlq() {
     let alice = token("alice", &["db_writer"]);
     let send = |record: Record, token: String| {
         let broker = broker.clone();
-        async move { charged::message(&record).auth_token(token).send(&*broker).await.expect("enqueue") }
+        async move {
+            charged::message(&record)
+                .auth_token(token)
+                .send(&*broker)
+                .await
+                .expect("enqueue")
+        }
     };
-    send(Record { id: 1, fail_first: true, always_fail: false }, alice.clone()).await;
-    send(Record { id: 2, fail_first: false, always_fail: true }, alice.clone()).await;
-    send(Record { id: 3, fail_first: false, always_fail: false }, token("poor", &["db_writer"])).await;
+    send(
+        Record {
+            id: 1,
+            fail_first: true,
+            always_fail: false,
+        },
+        alice.clone(),
+    )
+    .await;
+    send(
+        Record {
+            id: 2,
+            fail_first: false,
+            always_fail: true,
+        },
+        alice.clone(),
+    )
+    .await;
+    send(
+        Record {
+            id: 3,
+            fail_first: false,
+            always_fail: false,
+        },
+        token("poor", &["db_writer"]),
+    )
+    .await;
 
     let worker = worker_for(&broker, &ledger, charged::task());
-    let dead = read_topic(&*broker, "q1/test/credits/writes-dlq", 2, Duration::from_secs(30)).await;
+    let dead = read_topic(
+        &*broker,
+        "q1/test/credits/writes-dlq",
+        2,
+        Duration::from_secs(30),
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let report = worker.stop().await;
 
-    let mut reasons: Vec<&str> = dead.iter().filter_map(|d| d.property(props::DLQ_REASON)).collect();
+    let mut reasons: Vec<&str> = dead
+        .iter()
+        .filter_map(|d| d.property(props::DLQ_REASON))
+        .collect();
     reasons.sort_unstable();
     assert_eq!(reasons, ["insufficient_credits", "retries_exhausted"]);
-    assert_eq!(CALLS.load(Ordering::SeqCst), 2 + 3, "message 1 twice, message 2 three times, message 3 never");
     assert_eq!(
-        ledger.balance("alice", "db_credits").await.expect("balance"),
+        CALLS.load(Ordering::SeqCst),
+        2 + 3,
+        "message 1 twice, message 2 three times, message 3 never"
+    );
+    assert_eq!(
+        ledger
+            .balance("alice", "db_credits")
+            .await
+            .expect("balance"),
         95,
         "message 1 charged once across its retry; message 2 refunded from the DLQ"
     );
-    assert_eq!(ledger.balance("poor", "db_credits").await.expect("balance"), 4);
+    assert_eq!(
+        ledger.balance("poor", "db_credits").await.expect("balance"),
+        4
+    );
     let task = report.task("charged").expect("report");
     assert_eq!((task.succeeded, task.dead_lettered), (1, 2));
 }
@@ -194,11 +274,15 @@ async fn credits_are_charged_once_when_a_worker_dies_and_the_message_is_redelive
     let broker = Arc::new(MemoryBroker::new());
     let ledger = Arc::new(MemoryCreditLedger::new());
     ledger.set_balance("alice", "db_credits", 30);
-    crash_charged::message(&Record { id: 1, fail_first: false, always_fail: false })
-        .auth_token(token("alice", &["db_writer"]))
-        .send(&*broker)
-        .await
-        .expect("enqueue");
+    crash_charged::message(&Record {
+        id: 1,
+        fail_first: false,
+        always_fail: false,
+    })
+    .auth_token(token("alice", &["db_writer"]))
+    .send(&*broker)
+    .await
+    .expect("enqueue");
     for _ in 0..3 {
         let worker = worker_for(&broker, &ledger, crash_charged::task());
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -208,7 +292,18 @@ async fn credits_are_charged_once_when_a_worker_dies_and_the_message_is_redelive
     let worker = worker_for(&broker, &ledger, crash_charged::task());
     tokio::time::sleep(Duration::from_secs(15)).await;
     let report = worker.stop().await;
-    assert_eq!(CALLS.load(Ordering::SeqCst), 4, "started by each of the four workers");
+    assert_eq!(
+        CALLS.load(Ordering::SeqCst),
+        4,
+        "started by each of the four workers"
+    );
     assert_eq!(report.task("crash_charged").map(|t| t.succeeded), Some(1));
-    assert_eq!(ledger.balance("alice", "db_credits").await.expect("balance"), 27, "charged once");
+    assert_eq!(
+        ledger
+            .balance("alice", "db_credits")
+            .await
+            .expect("balance"),
+        27,
+        "charged once"
+    );
 }

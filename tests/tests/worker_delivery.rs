@@ -33,15 +33,25 @@ async fn a_message_in_flight_when_its_worker_dies_is_redelivered_and_handled() {
     let broker = Arc::new(MemoryBroker::new());
     crashy::enqueue(&*broker, &7).await.expect("enqueue");
     let first = RunningWorker::start(
-        Worker::builder().broker(broker.clone()).task(crashy::task()).consumer_name("first"),
+        Worker::builder()
+            .broker(broker.clone())
+            .task(crashy::task())
+            .consumer_name("first"),
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(STARTED.load(Ordering::SeqCst), 1, "the first worker started the message");
+    assert_eq!(
+        STARTED.load(Ordering::SeqCst),
+        1,
+        "the first worker started the message"
+    );
     first.kill();
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     let second = RunningWorker::start(
-        Worker::builder().broker(broker.clone()).task(crashy::task()).consumer_name("second"),
+        Worker::builder()
+            .broker(broker.clone())
+            .task(crashy::task())
+            .consumer_name("second"),
     );
     tokio::time::sleep(Duration::from_secs(15)).await;
     let report = second.stop().await;
@@ -73,18 +83,34 @@ async fn graceful_shutdown_finishes_in_flight_work_and_gives_back_the_rest() {
             .shutdown_grace(Duration::from_secs(30)),
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(STARTED.load(Ordering::SeqCst), 2, "concurrency bounds what runs at once");
+    assert_eq!(
+        STARTED.load(Ordering::SeqCst),
+        2,
+        "concurrency bounds what runs at once"
+    );
     let report = worker.stop().await;
     let task = report.task("slow_job").expect("report");
-    assert_eq!(FINISHED.load(Ordering::SeqCst), 2, "in-flight handlers finished");
+    assert_eq!(
+        FINISHED.load(Ordering::SeqCst),
+        2,
+        "in-flight handlers finished"
+    );
     assert_eq!(task.succeeded, 2);
 
     // A new worker sees exactly the eight that never started: nothing completed comes back.
-    let again = RunningWorker::start(Worker::builder().broker(broker.clone()).task(slow_job::task()));
+    let again = RunningWorker::start(
+        Worker::builder()
+            .broker(broker.clone())
+            .task(slow_job::task()),
+    );
     tokio::time::sleep(Duration::from_secs(20)).await;
     let report = again.stop().await;
     assert_eq!(report.task("slow_job").map(|t| t.succeeded), Some(8));
-    assert_eq!(STARTED.load(Ordering::SeqCst), 10, "each message started exactly once");
+    assert_eq!(
+        STARTED.load(Ordering::SeqCst),
+        10,
+        "each message started exactly once"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -109,12 +135,23 @@ async fn shutdown_after_the_grace_period_gives_back_unfinished_handlers() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let stopping = tokio::time::Instant::now();
     let report = worker.stop().await;
-    assert_eq!(stopping.elapsed(), Duration::from_secs(5), "stops at the end of the grace period");
-    assert_eq!(report.task("stuck").map(|t| (t.succeeded, t.nacked)), Some((0, 1)));
+    assert_eq!(
+        stopping.elapsed(),
+        Duration::from_secs(5),
+        "stops at the end of the grace period"
+    );
+    assert_eq!(
+        report.task("stuck").map(|t| (t.succeeded, t.nacked)),
+        Some((0, 1))
+    );
 
     let next = RunningWorker::start(Worker::builder().broker(broker.clone()).task(stuck::task()));
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(STARTED.load(Ordering::SeqCst), 2, "the given-back message was delivered again");
+    assert_eq!(
+        STARTED.load(Ordering::SeqCst),
+        2,
+        "the given-back message was delivered again"
+    );
     next.kill();
 }
 
@@ -125,27 +162,49 @@ async fn two_workers_on_one_shared_subscription_handle_each_message_once() {
     #[pulsar_io_task(topic = "q1/test/delivery/shared", concurrency = 4)]
     async fn split(n: u32, ctx: TaskContext) -> Result<(), TaskError> {
         tokio::time::sleep(Duration::from_micros(200)).await;
-        lock(&SEEN).get_or_insert_with(HashMap::new).entry(n).or_default().push(ctx.consumer_name().to_owned());
+        lock(&SEEN)
+            .get_or_insert_with(HashMap::new)
+            .entry(n)
+            .or_default()
+            .push(ctx.consumer_name().to_owned());
         Ok(())
     }
 
     const COUNT: u32 = 2_000;
     let broker = Arc::new(MemoryBroker::new());
-    let a = RunningWorker::start(Worker::builder().broker(broker.clone()).task(split::task()).consumer_name("a"));
-    let b = RunningWorker::start(Worker::builder().broker(broker.clone()).task(split::task()).consumer_name("b"));
+    let a = RunningWorker::start(
+        Worker::builder()
+            .broker(broker.clone())
+            .task(split::task())
+            .consumer_name("a"),
+    );
+    let b = RunningWorker::start(
+        Worker::builder()
+            .broker(broker.clone())
+            .task(split::task())
+            .consumer_name("b"),
+    );
     for n in 0..COUNT {
         split::enqueue(&*broker, &n).await.expect("enqueue");
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while lock(&SEEN).as_ref().map_or(0, HashMap::len) < COUNT as usize && tokio::time::Instant::now() < deadline {
+    while lock(&SEEN).as_ref().map_or(0, HashMap::len) < COUNT as usize
+        && tokio::time::Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (ra, rb) = (a.stop().await, b.stop().await);
     let seen = lock(&SEEN).take().unwrap_or_default();
     assert_eq!(seen.len(), COUNT as usize, "every message handled");
-    assert!(seen.values().all(|c| c.len() == 1), "no message handled twice");
+    assert!(
+        seen.values().all(|c| c.len() == 1),
+        "no message handled twice"
+    );
     let by_a = seen.values().filter(|c| c[0] == "a").count();
-    let (sa, sb) = (ra.task("split").map_or(0, |t| t.succeeded), rb.task("split").map_or(0, |t| t.succeeded));
+    let (sa, sb) = (
+        ra.task("split").map_or(0, |t| t.succeeded),
+        rb.task("split").map_or(0, |t| t.succeeded),
+    );
     println!("worker a handled {sa}, worker b handled {sb}");
     assert!(sa > 0 && sb > 0, "both workers took a share ({sa} / {sb})");
     assert_eq!(by_a as u64, sa);
@@ -156,7 +215,12 @@ async fn two_workers_on_one_shared_subscription_handle_each_message_once() {
 async fn the_rate_limit_holds() {
     static STARTS: Mutex<Vec<tokio::time::Instant>> = Mutex::new(Vec::new());
 
-    #[pulsar_io_task(topic = "q1/test/delivery/limited", rate_limit = 5, rate_window = 1, concurrency = 8)]
+    #[pulsar_io_task(
+        topic = "q1/test/delivery/limited",
+        rate_limit = 5,
+        rate_window = 1,
+        concurrency = 8
+    )]
     async fn limited(_n: u32) -> Result<(), TaskError> {
         lock(&STARTS).push(tokio::time::Instant::now());
         Ok(())
@@ -167,7 +231,11 @@ async fn the_rate_limit_holds() {
         limited::enqueue(&*broker, &n).await.expect("enqueue");
     }
     let begin = tokio::time::Instant::now();
-    let worker = RunningWorker::start(Worker::builder().broker(broker.clone()).task(limited::task()));
+    let worker = RunningWorker::start(
+        Worker::builder()
+            .broker(broker.clone())
+            .task(limited::task()),
+    );
     tokio::time::sleep(Duration::from_secs(10)).await;
     worker.stop().await;
     let starts = lock(&STARTS).clone();
@@ -176,11 +244,17 @@ async fn the_rate_limit_holds() {
     for (k, start) in starts.iter().enumerate() {
         let expected = Duration::from_millis(200 * (k.saturating_sub(4)) as u64);
         let at = *start - begin;
-        assert!(at + Duration::from_millis(1) >= expected, "message {k} started at {at:?}, before {expected:?}");
+        assert!(
+            at + Duration::from_millis(1) >= expected,
+            "message {k} started at {at:?}, before {expected:?}"
+        );
     }
     for window_start in 0..5 {
         let from = begin + Duration::from_secs(window_start);
-        let in_window = starts.iter().filter(|s| **s >= from && **s < from + Duration::from_secs(1)).count();
+        let in_window = starts
+            .iter()
+            .filter(|s| **s >= from && **s < from + Duration::from_secs(1))
+            .count();
         assert!(in_window <= 5 + 1, "{in_window} starts in one second");
     }
 }
@@ -214,22 +288,40 @@ async fn key_shared_retries_in_place_so_each_key_keeps_its_order() {
     let broker = Arc::new(MemoryBroker::new());
     for seq in 0..5u32 {
         for key in ["a", "b", "c", "d"] {
-            ordered::message(&Step { key: key.into(), seq })
-                .key(key)
-                .send(&*broker)
-                .await
-                .expect("enqueue");
+            ordered::message(&Step {
+                key: key.into(),
+                seq,
+            })
+            .key(key)
+            .send(&*broker)
+            .await
+            .expect("enqueue");
         }
     }
-    let worker = RunningWorker::start(Worker::builder().broker(broker.clone()).task(ordered::task()));
+    let worker = RunningWorker::start(
+        Worker::builder()
+            .broker(broker.clone())
+            .task(ordered::task()),
+    );
     tokio::time::sleep(Duration::from_secs(30)).await;
     let report = worker.stop().await;
     assert_eq!(FAILED_ONCE.load(Ordering::SeqCst), 4);
     let order = lock(&ORDER).clone();
     for key in ["a", "b", "c", "d"] {
-        let seqs: Vec<(u32, u32)> = order.iter().filter(|(k, _, _)| k == key).map(|(_, s, a)| (*s, *a)).collect();
-        assert_eq!(seqs, [(0, 1), (1, 1), (2, 1), (2, 2), (3, 1), (4, 1)], "key {key}");
+        let seqs: Vec<(u32, u32)> = order
+            .iter()
+            .filter(|(k, _, _)| k == key)
+            .map(|(_, s, a)| (*s, *a))
+            .collect();
+        assert_eq!(
+            seqs,
+            [(0, 1), (1, 1), (2, 1), (2, 2), (3, 1), (4, 1)],
+            "key {key}"
+        );
     }
     let task = report.task("ordered").expect("report");
-    assert_eq!((task.succeeded, task.retried, task.dead_lettered), (20, 4, 0));
+    assert_eq!(
+        (task.succeeded, task.retried, task.dead_lettered),
+        (20, 4, 0)
+    );
 }

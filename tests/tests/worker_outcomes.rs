@@ -35,12 +35,19 @@ static ATTEMPTS: Mutex<Option<HashMap<u32, Vec<u32>>>> = Mutex::new(None);
 
 fn record_attempt(id: u32, attempt: u32) {
     let mut attempts = ATTEMPTS.lock().unwrap_or_else(|p| p.into_inner());
-    attempts.get_or_insert_with(HashMap::new).entry(id).or_default().push(attempt);
+    attempts
+        .get_or_insert_with(HashMap::new)
+        .entry(id)
+        .or_default()
+        .push(attempt);
 }
 
 fn attempts_of(id: u32) -> Vec<u32> {
     let attempts = ATTEMPTS.lock().unwrap_or_else(|p| p.into_inner());
-    attempts.as_ref().and_then(|a| a.get(&id).cloned()).unwrap_or_default()
+    attempts
+        .as_ref()
+        .and_then(|a| a.get(&id).cloned())
+        .unwrap_or_default()
 }
 
 #[pulsar_io_task(
@@ -63,14 +70,24 @@ async fn run_job(job: Job, ctx: TaskContext) -> Result<u32, TaskError> {
         return Err(TaskError::permanent(format!("job {} is invalid", job.id)));
     }
     if ctx.attempt() <= job.failures {
-        return Err(TaskError::retryable(format!("job {} failed on attempt {}", job.id, ctx.attempt())));
+        return Err(TaskError::retryable(format!(
+            "job {} failed on attempt {}",
+            job.id,
+            ctx.attempt()
+        )));
     }
     Ok(job.id)
 }
 
 const DLQ: &str = "persistent://test/outcomes/jobs-dlq";
 
-async fn run_until_settled(broker: Arc<MemoryBroker>, expected_dead: usize) -> (worker_runtime::worker::WorkerReport, Vec<worker_runtime::Delivery>) {
+async fn run_until_settled(
+    broker: Arc<MemoryBroker>,
+    expected_dead: usize,
+) -> (
+    worker_runtime::worker::WorkerReport,
+    Vec<worker_runtime::Delivery>,
+) {
     let worker = RunningWorker::start(
         Worker::builder()
             .broker(broker.clone())
@@ -84,19 +101,40 @@ async fn run_until_settled(broker: Arc<MemoryBroker>, expected_dead: usize) -> (
 }
 
 fn job(id: u32) -> Job {
-    Job { id, failures: 0, permanent: false, panic: false, sleep_ms: 0 }
+    Job {
+        id,
+        failures: 0,
+        permanent: false,
+        panic: false,
+        sleep_ms: 0,
+    }
 }
 
 #[tokio::test(start_paused = true)]
 async fn success_retry_exhaustion_permanent_timeout_and_panic_each_end_right() {
     let broker = Arc::new(MemoryBroker::new());
     let jobs = [
-        job(1),                                   // succeeds at once
-        Job { failures: 2, ..job(2) },            // fails twice, succeeds on attempt 3
-        Job { failures: 10, ..job(3) },           // exhausts 1 + 2 retries
-        Job { permanent: true, ..job(4) },        // permanent: no retry
-        Job { sleep_ms: 5_000, ..job(5) },        // times out every attempt
-        Job { panic: true, ..job(6) },            // panics every attempt
+        job(1), // succeeds at once
+        Job {
+            failures: 2,
+            ..job(2)
+        }, // fails twice, succeeds on attempt 3
+        Job {
+            failures: 10,
+            ..job(3)
+        }, // exhausts 1 + 2 retries
+        Job {
+            permanent: true,
+            ..job(4)
+        }, // permanent: no retry
+        Job {
+            sleep_ms: 5_000,
+            ..job(5)
+        }, // times out every attempt
+        Job {
+            panic: true,
+            ..job(6)
+        }, // panics every attempt
     ];
     for j in &jobs {
         run_job::enqueue(&*broker, j).await.expect("enqueue");
@@ -105,7 +143,11 @@ async fn success_retry_exhaustion_permanent_timeout_and_panic_each_end_right() {
 
     assert_eq!(attempts_of(1), [1]);
     assert_eq!(attempts_of(2), [1, 2, 3]);
-    assert_eq!(attempts_of(3), [1, 2, 3], "max_retries = 2 means three attempts");
+    assert_eq!(
+        attempts_of(3),
+        [1, 2, 3],
+        "max_retries = 2 means three attempts"
+    );
     assert_eq!(attempts_of(4), [1]);
     assert_eq!(attempts_of(5), [1, 2, 3]);
     assert_eq!(attempts_of(6), [1, 2, 3]);
@@ -122,18 +164,35 @@ async fn success_retry_exhaustion_permanent_timeout_and_panic_each_end_right() {
         by_job.insert(j.id, d);
     }
     let expect = |id: u32, reason: &str, attempts: &str, error_part: &str| {
-        let d = by_job.get(&id).unwrap_or_else(|| panic!("job {id} is in the DLQ"));
+        let d = by_job
+            .get(&id)
+            .unwrap_or_else(|| panic!("job {id} is in the DLQ"));
         assert_eq!(d.property(props::DLQ_REASON), Some(reason), "job {id}");
         assert_eq!(d.property(props::DLQ_ATTEMPTS), Some(attempts), "job {id}");
         let error = d.property(props::DLQ_ERROR).unwrap_or_default();
-        assert!(error.contains(error_part), "job {id}: error {error:?} should mention {error_part:?}");
-        assert_eq!(d.property(props::DLQ_ORIGINAL_TOPIC), Some("persistent://test/outcomes/jobs"));
+        assert!(
+            error.contains(error_part),
+            "job {id}: error {error:?} should mention {error_part:?}"
+        );
+        assert_eq!(
+            d.property(props::DLQ_ORIGINAL_TOPIC),
+            Some("persistent://test/outcomes/jobs")
+        );
         assert_eq!(d.property(props::DLQ_TASK), Some("run_job"));
         assert_eq!(d.property(props::DLQ_CONSUMER), Some("outcomes-worker"));
         assert!(d.property(props::DLQ_ORIGINAL_MESSAGE_ID).is_some());
-        assert!(d.property(props::DLQ_TIME).is_some_and(|t| t.ends_with('Z')));
-        assert!(d.property(props::MESSAGE_ID).is_some(), "the stable id is kept");
-        assert_eq!(d.property(props::TASK), Some("run_job"), "original properties are kept");
+        assert!(d
+            .property(props::DLQ_TIME)
+            .is_some_and(|t| t.ends_with('Z')));
+        assert!(
+            d.property(props::MESSAGE_ID).is_some(),
+            "the stable id is kept"
+        );
+        assert_eq!(
+            d.property(props::TASK),
+            Some("run_job"),
+            "original properties are kept"
+        );
     };
     expect(3, "retries_exhausted", "3", "failed on attempt 3");
     expect(4, "permanent_error", "1", "job 4 is invalid");
@@ -144,7 +203,10 @@ async fn success_retry_exhaustion_permanent_timeout_and_panic_each_end_right() {
 #[tokio::test(start_paused = true)]
 async fn the_stable_id_is_kept_across_retries() {
     let broker = Arc::new(MemoryBroker::new());
-    let sent = run_job::message(&Job { failures: 10, ..job(20) });
+    let sent = run_job::message(&Job {
+        failures: 10,
+        ..job(20)
+    });
     let id = sent.id().to_owned();
     sent.send(&*broker).await.expect("enqueue");
     let (_, dead) = run_until_settled(broker, 1).await;
@@ -161,7 +223,10 @@ async fn retry_delays_follow_the_backoff_and_a_timeout_cancels_on_time() {
     struct DropClock;
     impl Drop for DropClock {
         fn drop(&mut self) {
-            DROPPED_AT.lock().unwrap_or_else(|p| p.into_inner()).push(tokio::time::Instant::now());
+            DROPPED_AT
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(tokio::time::Instant::now());
         }
     }
 
@@ -173,7 +238,10 @@ async fn retry_delays_follow_the_backoff_and_a_timeout_cancels_on_time() {
         timeout = "2s"
     )]
     async fn slow(_n: u32) -> Result<(), TaskError> {
-        STARTS.lock().unwrap_or_else(|p| p.into_inner()).push(tokio::time::Instant::now());
+        STARTS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tokio::time::Instant::now());
         let _clock = DropClock;
         tokio::time::sleep(Duration::from_secs(60)).await;
         Ok(())
@@ -182,7 +250,13 @@ async fn retry_delays_follow_the_backoff_and_a_timeout_cancels_on_time() {
     let broker = Arc::new(MemoryBroker::new());
     slow::enqueue(&*broker, &1).await.expect("enqueue");
     let worker = RunningWorker::start(Worker::builder().broker(broker.clone()).task(slow::task()));
-    let dead = read_topic(&*broker, "q1/test/outcomes/slow-dlq", 1, Duration::from_secs(120)).await;
+    let dead = read_topic(
+        &*broker,
+        "q1/test/outcomes/slow-dlq",
+        1,
+        Duration::from_secs(120),
+    )
+    .await;
     worker.stop().await;
     assert_eq!(dead.len(), 1);
 
@@ -191,7 +265,11 @@ async fn retry_delays_follow_the_backoff_and_a_timeout_cancels_on_time() {
     assert_eq!(starts.len(), 4);
     assert_eq!(drops.len(), 4);
     for (start, drop) in starts.iter().zip(&drops) {
-        assert_eq!(*drop - *start, Duration::from_secs(2), "each attempt is cancelled at its timeout");
+        assert_eq!(
+            *drop - *start,
+            Duration::from_secs(2),
+            "each attempt is cancelled at its timeout"
+        );
     }
     // Gap between the end of attempt n and the start of attempt n+1 is the backoff delay ±10 % jitter.
     for (n, expected) in [(0usize, 1.0f64), (1, 2.0), (2, 4.0)] {
@@ -231,34 +309,74 @@ async fn undecodable_and_invalid_input_goes_to_the_dlq_and_good_messages_still_f
         (Message::new(&b"{\"id\": \"seven\"}"[..]), "decode_error"),
         (Message::new(&b"{\"id\": 1"[..]), "decode_error"),
         (Message::new(nested.into_bytes()), "payload_too_large"),
-        (Message::new(format!("{{\"id\":1,\"pad\":\"{}\"}}", "x".repeat(2000)).into_bytes()), "payload_too_large"),
-        (Message::new(("[".repeat(300) + &"]".repeat(300)).into_bytes()), "decode_error"),
-        (Message::new(&b"{\"id\":2}"[..]).with_property(props::ATTEMPT, "zero"), "decode_error"),
-        (Message::new(&b"{\"id\":3}"[..]).with_property(props::ATTEMPT, "0"), "decode_error"),
+        (
+            Message::new(format!("{{\"id\":1,\"pad\":\"{}\"}}", "x".repeat(2000)).into_bytes()),
+            "payload_too_large",
+        ),
+        (
+            Message::new(("[".repeat(300) + &"]".repeat(300)).into_bytes()),
+            "decode_error",
+        ),
+        (
+            Message::new(&b"{\"id\":2}"[..]).with_property(props::ATTEMPT, "zero"),
+            "decode_error",
+        ),
+        (
+            Message::new(&b"{\"id\":3}"[..]).with_property(props::ATTEMPT, "0"),
+            "decode_error",
+        ),
     ];
     let bad_count = bad.len();
     for (message, _) in &bad {
-        broker.publish(&topic, message.clone()).await.expect("publish bad input");
+        broker
+            .publish(&topic, message.clone())
+            .await
+            .expect("publish bad input");
     }
-    broker.publish(&topic, huge_properties).await.expect("publish a message with many properties");
+    broker
+        .publish(&topic, huge_properties)
+        .await
+        .expect("publish a message with many properties");
     for id in 0..10u32 {
-        strict::enqueue(&*broker, &Strict { id }).await.expect("enqueue good input");
+        strict::enqueue(&*broker, &Strict { id })
+            .await
+            .expect("enqueue good input");
     }
-    let worker = RunningWorker::start(Worker::builder().broker(broker.clone()).task(strict::task()));
-    let dead = read_topic(&*broker, "q1/test/outcomes/strict-dlq", bad_count, Duration::from_secs(30)).await;
+    let worker = RunningWorker::start(
+        Worker::builder()
+            .broker(broker.clone())
+            .task(strict::task()),
+    );
+    let dead = read_topic(
+        &*broker,
+        "q1/test/outcomes/strict-dlq",
+        bad_count,
+        Duration::from_secs(30),
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let report = worker.stop().await;
 
-    assert_eq!(HANDLED.load(Ordering::SeqCst), 11, "ten good messages and the one with many properties");
+    assert_eq!(
+        HANDLED.load(Ordering::SeqCst),
+        11,
+        "ten good messages and the one with many properties"
+    );
     assert_eq!(dead.len(), bad_count);
-    let mut reasons: Vec<&str> = dead.iter().filter_map(|d| d.property(props::DLQ_REASON)).collect();
+    let mut reasons: Vec<&str> = dead
+        .iter()
+        .filter_map(|d| d.property(props::DLQ_REASON))
+        .collect();
     let mut expected: Vec<&str> = bad.iter().map(|(_, reason)| *reason).collect();
     reasons.sort_unstable();
     expected.sort_unstable();
     assert_eq!(reasons, expected);
     for d in &dead {
         let error = d.property(props::DLQ_ERROR).unwrap_or_default();
-        assert!(!error.is_empty() && error.len() <= 1100, "a bounded, non-empty error: {error:?}");
+        assert!(
+            !error.is_empty() && error.len() <= 1100,
+            "a bounded, non-empty error: {error:?}"
+        );
     }
     let task = report.task("strict").expect("report");
     assert_eq!(task.dead_lettered as usize, bad_count);

@@ -78,7 +78,9 @@ async fn wait_for(count: u64) {
 async fn drain_with_worker(all_middleware: bool) -> Duration {
     HANDLED.store(0, Ordering::Relaxed);
     let broker = Arc::new(MemoryBroker::new());
-    let mut builder = Worker::builder().broker(broker.clone()).consumer_name("bench");
+    let mut builder = Worker::builder()
+        .broker(broker.clone())
+        .consumer_name("bench");
     if all_middleware {
         let token = Hs256Signer::new(Secret::new(KEY.to_vec()))
             .sign("bench", &["bench"], Duration::from_secs(3600))
@@ -149,10 +151,18 @@ fn throughput(c: &mut Criterion) {
         b.iter_custom(|iters| (0..iters).map(|_| runtime.block_on(drain_raw())).sum())
     });
     group.bench_function(BenchmarkId::new("worker_all_off", MESSAGES), |b| {
-        b.iter_custom(|iters| (0..iters).map(|_| runtime.block_on(drain_with_worker(false))).sum())
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| runtime.block_on(drain_with_worker(false)))
+                .sum()
+        })
     });
     group.bench_function(BenchmarkId::new("worker_all_on", MESSAGES), |b| {
-        b.iter_custom(|iters| (0..iters).map(|_| runtime.block_on(drain_with_worker(true))).sum())
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| runtime.block_on(drain_with_worker(true)))
+                .sum()
+        })
     });
     group.finish();
 }

@@ -71,7 +71,10 @@ impl TaskDefinition {
         self
     }
 
-    pub(crate) fn run(&self, run: TaskRun) -> crate::BoxFuture<'static, Result<TaskReport, WorkerError>> {
+    pub(crate) fn run(
+        &self,
+        run: TaskRun,
+    ) -> crate::BoxFuture<'static, Result<TaskReport, WorkerError>> {
         self.runner.run(run)
     }
 }

@@ -18,7 +18,6 @@ use std::time::{Duration, SystemTime};
 
 use jsonwebtoken::errors::ErrorKind as JwtErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 
 use super::{AuthError, Principal, Secret, TokenVerifier};
@@ -33,7 +32,7 @@ pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 struct VerifiedClaims {
     sub: Option<String>,
     roles: Option<Vec<String>>,
-    exp: Option<IgnoredAny>,
+    exp: Option<serde_json::Value>,
 }
 
 /// The claims written into a token.
@@ -95,18 +94,22 @@ impl TokenVerifier for Hs256Verifier {
         }
         let data = jsonwebtoken::decode::<VerifiedClaims>(token, &self.key, &self.validation)
             .map_err(|error| map_error(error.kind()))?;
-        if data.claims.exp.is_none() {
-            return Err(AuthError::MissingClaim("exp"));
-        }
+        let expires_at = match &data.claims.exp {
+            None => return Err(AuthError::MissingClaim("exp")),
+            Some(exp) => exp
+                .as_u64()
+                .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs)),
+        };
         let subject = data
             .claims
             .sub
             .filter(|sub| !sub.trim().is_empty())
             .ok_or(AuthError::MissingClaim("sub"))?;
-        Ok(Principal {
+        Ok(Principal::new(
             subject,
-            roles: data.claims.roles.unwrap_or_default(),
-        })
+            data.claims.roles.unwrap_or_default(),
+            expires_at,
+        ))
     }
 }
 
@@ -266,13 +269,14 @@ mod tests {
                 Duration::from_secs(60),
             )
             .unwrap();
-        assert_eq!(
-            verifier().verify(&token),
-            Ok(Principal {
-                subject: "alice".into(),
-                roles: roles(&["db_writer", "reader"]),
-            })
-        );
+        let principal = verifier().verify(&token).unwrap();
+        assert_eq!(principal.subject(), "alice");
+        assert_eq!(principal.roles(), roles(&["db_writer", "reader"]));
+        let expires_in = principal
+            .expires_at()
+            .and_then(|at| at.duration_since(SystemTime::now()).ok())
+            .unwrap();
+        assert!(expires_in <= Duration::from_secs(60) && expires_in > Duration::from_secs(55));
     }
 
     #[test]
@@ -412,7 +416,7 @@ mod tests {
             KEY,
         );
         assert_eq!(
-            verifier().verify(&token).unwrap().roles,
+            verifier().verify(&token).unwrap().roles().to_vec(),
             Vec::<String>::new()
         );
     }
@@ -424,7 +428,7 @@ mod tests {
             json!({"sub": "alice", "aud": "elsewhere", "iss": "someone", "exp": now() + 60}),
             KEY,
         );
-        assert_eq!(verifier().verify(&token).unwrap().subject, "alice");
+        assert_eq!(verifier().verify(&token).unwrap().subject(), "alice");
     }
 
     #[test]

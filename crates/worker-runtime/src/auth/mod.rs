@@ -2,24 +2,68 @@
 //! [`Principal`], and the default HS256 JWT verifier.
 
 use std::fmt;
+use std::sync::Arc;
+use std::time::SystemTime;
 
+mod cache;
 mod hs256;
 
+pub use cache::{CachingVerifier, DEFAULT_TOKEN_CACHE_SIZE};
 pub use hs256::{Hs256Signer, Hs256Verifier, SignError, MAX_TOKEN_LEN};
 
-/// The verified sender of a message.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Principal {
-    /// Who: the token's subject (`sub`).
-    pub subject: String,
-    /// What they may do: the token's roles.
-    pub roles: Vec<String>,
+/// The verified sender of a message. Cheap to clone (shared inside).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Principal(Arc<PrincipalInner>);
+
+#[derive(PartialEq, Eq)]
+struct PrincipalInner {
+    subject: String,
+    roles: Vec<String>,
+    expires_at: Option<SystemTime>,
 }
 
 impl Principal {
+    /// A principal: who, what roles they hold, and when the proof of it expires.
+    pub fn new(
+        subject: impl Into<String>,
+        roles: Vec<String>,
+        expires_at: Option<SystemTime>,
+    ) -> Self {
+        Principal(Arc::new(PrincipalInner {
+            subject: subject.into(),
+            roles,
+            expires_at,
+        }))
+    }
+
+    /// Who: the token's subject (`sub`).
+    pub fn subject(&self) -> &str {
+        &self.0.subject
+    }
+
+    /// What they may do: the token's roles.
+    pub fn roles(&self) -> &[String] {
+        &self.0.roles
+    }
+
+    /// When the token that proved this principal expires, if the scheme says.
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        self.0.expires_at
+    }
+
     /// Whether the principal holds at least one of `roles`.
     pub fn has_any_role(&self, roles: &[String]) -> bool {
-        self.roles.iter().any(|held| roles.contains(held))
+        self.0.roles.iter().any(|held| roles.contains(held))
+    }
+}
+
+impl fmt::Debug for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Principal")
+            .field("subject", &self.0.subject)
+            .field("roles", &self.0.roles)
+            .field("expires_at", &self.0.expires_at)
+            .finish()
     }
 }
 

@@ -23,7 +23,7 @@ pub fn authorize(
         Ok(principal)
     } else {
         Err(AuthError::NoMatchingRole {
-            subject: principal.subject,
+            subject: principal.subject().to_owned(),
             required: permitted_roles.to_vec(),
         })
     }
@@ -42,14 +42,12 @@ mod tests {
                 return Err(AuthError::Expired);
             }
             let (subject, roles) = token.split_once(':').ok_or(AuthError::Malformed)?;
-            Ok(Principal {
-                subject: subject.to_owned(),
-                roles: roles
-                    .split(',')
-                    .filter(|r| !r.is_empty())
-                    .map(str::to_owned)
-                    .collect(),
-            })
+            let roles = roles
+                .split(',')
+                .filter(|r| !r.is_empty())
+                .map(str::to_owned)
+                .collect();
+            Ok(Principal::new(subject, roles, None))
         }
     }
 
@@ -81,8 +79,8 @@ mod tests {
     #[test]
     fn no_permitted_roles_means_any_valid_token() {
         let principal = authorize(&FakeVerifier, Some("alice:"), &[]).unwrap();
-        assert_eq!(principal.subject, "alice");
-        assert!(principal.roles.is_empty());
+        assert_eq!(principal.subject(), "alice");
+        assert!(principal.roles().is_empty());
     }
 
     #[test]
@@ -93,7 +91,7 @@ mod tests {
             &roles(&["admin", "db_writer"]),
         )
         .unwrap();
-        assert_eq!(principal.roles, roles(&["reader", "db_writer"]));
+        assert_eq!(principal.roles(), roles(&["reader", "db_writer"]));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use worker_core::{Broker, BrokerError, ConfigError, TaskKind};
 
-use crate::auth::TokenVerifier;
+use crate::auth::{CachingVerifier, TokenVerifier, DEFAULT_TOKEN_CACHE_SIZE};
 use crate::credits::CreditLedger;
 use crate::metrics::Metrics;
 use crate::task::TaskDefinition;
@@ -93,7 +93,11 @@ fn list(errors: &[ConfigError]) -> String {
 /// `{hostname}-{pid}`: unique per process, so scaling out is starting more copies.
 pub fn default_consumer_name() -> String {
     let host = gethostname::gethostname().to_string_lossy().into_owned();
-    let host = if host.is_empty() { "worker".to_owned() } else { host };
+    let host = if host.is_empty() {
+        "worker".to_owned()
+    } else {
+        host
+    };
     format!("{host}-{}", std::process::id())
 }
 
@@ -134,9 +138,13 @@ impl WorkerBuilder {
         self
     }
 
-    /// Verifies the tokens of db tasks' messages.
+    /// Verifies the tokens of db tasks' messages. Each distinct token is verified once and its
+    /// principal cached until the token expires ([`CachingVerifier`]).
     pub fn verifier(mut self, verifier: Arc<dyn TokenVerifier>) -> Self {
-        self.verifier = Some(verifier);
+        self.verifier = Some(Arc::new(CachingVerifier::new(
+            verifier,
+            DEFAULT_TOKEN_CACHE_SIZE,
+        )));
         self
     }
 
@@ -298,7 +306,10 @@ impl fmt::Debug for Worker {
         f.debug_struct("Worker")
             .field("consumer", &self.shared.consumer)
             .field("broker", &self.shared.broker.name())
-            .field("tasks", &self.tasks.iter().map(|t| t.name()).collect::<Vec<_>>())
+            .field(
+                "tasks",
+                &self.tasks.iter().map(|t| t.name()).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }

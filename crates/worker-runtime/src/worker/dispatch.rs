@@ -122,7 +122,8 @@ impl Dispatch {
                     },
                 };
                 let dispatch = self.clone();
-                self.tracker.spawn(async move { dispatch.handle::<T>(delivery, Some(permit)).await });
+                self.tracker
+                    .spawn(async move { dispatch.handle::<T>(delivery, Some(permit)).await });
             }
         }
     }
@@ -159,17 +160,20 @@ impl Dispatch {
                         next_unkeyed
                     }
                 };
-                tokio::select! {
+                let slot = tokio::select! {
                     biased;
-                    _ = env.stopping.cancelled() => {
+                    _ = env.stopping.cancelled() => None,
+                    slot = lanes[lane].reserve() => slot.ok(),
+                };
+                match slot {
+                    Some(slot) => slot.send(delivery),
+                    None => {
+                        // Shutting down (or the lane ended): these never started.
                         for id in std::iter::once(delivery).chain(deliveries).map(|d| d.id) {
                             let _ = self.unsettled.send(id);
                         }
                         break 'consume;
                     }
-                    sent = lanes[lane].send(delivery) => if let Err(returned) = sent {
-                        let _ = self.unsettled.send(returned.0.id);
-                    },
                 }
             }
         }

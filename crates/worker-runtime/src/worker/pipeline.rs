@@ -89,7 +89,8 @@ pub(crate) async fn process<T: Task>(env: &TaskEnv, delivery: &Delivery) -> Proc
                 };
                 env.metrics.rate_limit_wait(waited);
             }
-            let verdict = run_handler::<T>(env, delivery, payload, attempt, &message_id, &principal).await;
+            let verdict =
+                run_handler::<T>(env, delivery, payload, attempt, &message_id, &principal).await;
             match verdict {
                 Verdict::Retry {
                     next_attempt,
@@ -177,7 +178,7 @@ async fn admit<T: Task>(
             message_id: message_id.to_string(),
         };
         match ledger
-            .charge(&principal.subject, &cost.credit_type, cost.amount, &key)
+            .charge(principal.subject(), &cost.credit_type, cost.amount, &key)
             .await
         {
             Ok(ChargeOutcome::Charged) => {
@@ -189,7 +190,9 @@ async fn admit<T: Task>(
                     reason: DeadLetterReason::InsufficientCredits,
                     error: format!(
                         "principal `{}` has {available} `{}` credits, needs {}",
-                        principal.subject, cost.credit_type, cost.amount
+                        principal.subject(),
+                        cost.credit_type,
+                        cost.amount
                     ),
                 });
             }
@@ -218,7 +221,10 @@ fn decode<T: Task>(env: &TaskEnv, delivery: &Delivery) -> Result<T::Payload, Ver
     }
     serde_json::from_slice(payload).map_err(|error| Verdict::DeadLetter {
         reason: DeadLetterReason::DecodeError,
-        error: format!("payload is not a valid `{}`: {error}", short_type_name::<T::Payload>()),
+        error: format!(
+            "payload is not a valid `{}`: {error}",
+            short_type_name::<T::Payload>()
+        ),
     })
 }
 
@@ -232,8 +238,8 @@ fn short_type_name<P>() -> &'static str {
 /// Db tasks that check roles or charge credits need a verified sender; others need none.
 fn authorize_sender(env: &TaskEnv, delivery: &Delivery) -> Result<Option<Principal>, Verdict> {
     let config = &env.config;
-    let needs_sender =
-        config.kind == TaskKind::Db && (!config.permission_roles.is_empty() || config.credits.is_some());
+    let needs_sender = config.kind == TaskKind::Db
+        && (!config.permission_roles.is_empty() || config.credits.is_some());
     if !needs_sender {
         return Ok(None);
     }
@@ -279,7 +285,10 @@ async fn run_handler<T: Task>(
     let (kind, error) = match result {
         Ok(Ok(Ok(output))) => {
             if let Some(reply_to) = delivery.property(props::REPLY_TO) {
-                reply(env, reply_to, message_id, &output).await;
+                // Encode before awaiting so the output need not be `Sync`.
+                let encoded = serde_json::to_vec(&output);
+                drop(output);
+                reply(env, reply_to, message_id, encoded).await;
             }
             return Verdict::Succeeded;
         }
@@ -294,7 +303,10 @@ async fn run_handler<T: Task>(
         }
     };
     match decide(&env.config.retry, attempt, kind, fastrand::f64()) {
-        RetryDecision::Retry { next_attempt, delay } => Verdict::Retry {
+        RetryDecision::Retry {
+            next_attempt,
+            delay,
+        } => Verdict::Retry {
             next_attempt,
             delay,
             error,
@@ -305,7 +317,12 @@ async fn run_handler<T: Task>(
 
 /// Publishes the handler's result where the sender asked. A failure here is logged, not retried:
 /// the task itself succeeded and running it again would repeat its effects.
-async fn reply<O: serde::Serialize>(env: &TaskEnv, reply_to: &str, message_id: &str, output: &O) {
+async fn reply(
+    env: &TaskEnv,
+    reply_to: &str,
+    message_id: &str,
+    encoded: Result<Vec<u8>, serde_json::Error>,
+) {
     let topic = match Topic::parse(reply_to) {
         Ok(topic) => topic,
         Err(error) => {
@@ -313,7 +330,7 @@ async fn reply<O: serde::Serialize>(env: &TaskEnv, reply_to: &str, message_id: &
             return;
         }
     };
-    let payload = match serde_json::to_vec(output) {
+    let payload = match encoded {
         Ok(payload) => payload,
         Err(error) => {
             tracing::warn!(%error, "not publishing the result: it cannot be encoded as JSON");

@@ -30,7 +30,11 @@ pub struct TaskRun {
 }
 
 impl TaskRun {
-    pub(crate) fn new(config: TaskConfig, shared: Arc<WorkerShared>, stop: CancellationToken) -> Self {
+    pub(crate) fn new(
+        config: TaskConfig,
+        shared: Arc<WorkerShared>,
+        stop: CancellationToken,
+    ) -> Self {
         TaskRun {
             config,
             shared,
@@ -88,8 +92,15 @@ pub(crate) async fn run_task<T: Task>(run: TaskRun) -> Result<TaskReport, Worker
     // Shutdown: fetching has stopped. Let in-flight handlers finish within the grace period.
     dispatch.tracker.close();
     let grace = env.shared.grace;
-    if tokio::time::timeout(grace, dispatch.tracker.wait()).await.is_err() {
-        tracing::warn!(task = T::NAME, ?grace, "grace period over; stopping unfinished handlers");
+    if tokio::time::timeout(grace, dispatch.tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            task = T::NAME,
+            ?grace,
+            "grace period over; stopping unfinished handlers"
+        );
         dispatch.abort.cancel();
         dispatch.tracker.wait().await;
     }
@@ -106,7 +117,11 @@ pub(crate) async fn run_task<T: Task>(run: TaskRun) -> Result<TaskReport, Worker
         tracing::error!(task = T::NAME, %error, "the ack flusher failed");
     }
     if !give_back.is_empty() {
-        tracing::info!(task = T::NAME, count = give_back.len(), "giving unfinished deliveries back to the broker");
+        tracing::info!(
+            task = T::NAME,
+            count = give_back.len(),
+            "giving unfinished deliveries back to the broker"
+        );
         if let Err(error) = subscription.nack(give_back).await {
             tracing::warn!(task = T::NAME, %error, "nack at shutdown failed; the broker redelivers them when the consumer closes");
         }

@@ -7,7 +7,9 @@ use tokio::sync::OwnedSemaphorePermit;
 use worker_core::{props, DeadLetterReason, Delivery, Message, Topic};
 
 use crate::credits::{ChargeKey, RefundOutcome};
-use crate::middleware::dead_letter::{dead_letter_message, sanitize_error, DeadLetter, MAX_DLQ_ERROR_LEN};
+use crate::middleware::dead_letter::{
+    dead_letter_message, sanitize_error, DeadLetter, MAX_DLQ_ERROR_LEN,
+};
 
 use super::env::{RetryMode, TaskEnv};
 use super::pipeline::{Processed, Verdict};
@@ -165,6 +167,8 @@ async fn refund(env: &TaskEnv, message_id: &str) {
             tracing::info!(task = env.task, message_id, amount, "credits refunded");
         }
         Ok(RefundOutcome::NothingToRefund) => {}
-        Err(error) => tracing::error!(task = env.task, message_id, %error, "refunding credits failed"),
+        Err(error) => {
+            tracing::error!(task = env.task, message_id, %error, "refunding credits failed")
+        }
     }
 }

@@ -1,0 +1,162 @@
+//! A cache of verified tokens. Checking an HS256 signature costs microseconds; most messages of a
+//! sender carry the same token, so each distinct token is verified once and its principal reused
+//! until the token expires. Failures are never cached, and a token without an expiry never is.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use parking_lot::RwLock;
+
+use super::{AuthError, Principal, TokenVerifier};
+
+/// The default number of distinct tokens kept.
+pub const DEFAULT_TOKEN_CACHE_SIZE: usize = 10_000;
+
+/// Wraps a [`TokenVerifier`], remembering each verified token's principal until the token expires.
+///
+/// The worker wraps its verifier in one automatically.
+pub struct CachingVerifier {
+    inner: Arc<dyn TokenVerifier>,
+    verified: RwLock<HashMap<Box<str>, Principal>>,
+    capacity: usize,
+}
+
+impl CachingVerifier {
+    /// Caches up to `capacity` distinct tokens verified by `inner`.
+    pub fn new(inner: Arc<dyn TokenVerifier>, capacity: usize) -> Self {
+        CachingVerifier {
+            inner,
+            verified: RwLock::new(HashMap::new()),
+            capacity,
+        }
+    }
+
+    /// How many tokens are cached.
+    pub fn len(&self) -> usize {
+        self.verified.read().len()
+    }
+
+    /// Whether no token is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl TokenVerifier for CachingVerifier {
+    fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let now = SystemTime::now();
+        if let Some(principal) = self.verified.read().get(token) {
+            if principal.expires_at().is_some_and(|at| at > now) {
+                return Ok(principal.clone());
+            }
+        }
+        let principal = self.inner.verify(token)?;
+        if principal.expires_at().is_some_and(|at| at > now) && self.capacity > 0 {
+            let mut verified = self.verified.write();
+            if verified.len() >= self.capacity {
+                // Expired entries go first; if every entry is live, start over rather than grow.
+                verified.retain(|_, p| p.expires_at().is_some_and(|at| at > now));
+                if verified.len() >= self.capacity {
+                    verified.clear();
+                }
+            }
+            verified.insert(token.into(), principal.clone());
+        }
+        Ok(principal)
+    }
+}
+
+impl fmt::Debug for CachingVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CachingVerifier")
+            .field("cached", &self.len())
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Accepts any token; `"<subject>:<seconds to live>"`, counting calls.
+    #[derive(Default)]
+    struct Counting(AtomicU32);
+
+    impl TokenVerifier for Counting {
+        fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            let (subject, ttl) = token.split_once(':').ok_or(AuthError::Malformed)?;
+            let ttl: i64 = ttl.parse().map_err(|_| AuthError::Malformed)?;
+            let now = SystemTime::now();
+            let expires_at = if ttl >= 0 {
+                now + Duration::from_secs(ttl as u64)
+            } else {
+                now - Duration::from_secs(ttl.unsigned_abs())
+            };
+            if expires_at <= now {
+                return Err(AuthError::Expired);
+            }
+            Ok(Principal::new(subject, vec!["r".into()], Some(expires_at)))
+        }
+    }
+
+    fn cache(capacity: usize) -> (Arc<Counting>, CachingVerifier) {
+        let inner = Arc::new(Counting::default());
+        (inner.clone(), CachingVerifier::new(inner, capacity))
+    }
+
+    #[test]
+    fn a_token_is_verified_once_while_it_is_valid() {
+        let (inner, cache) = cache(10);
+        for _ in 0..5 {
+            assert_eq!(
+                cache.verify("alice:60").map(|p| p.subject().to_owned()),
+                Ok("alice".into())
+            );
+        }
+        assert_eq!(inner.0.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn failures_are_not_cached() {
+        let (inner, cache) = cache(10);
+        assert_eq!(cache.verify("garbage"), Err(AuthError::Malformed));
+        assert_eq!(cache.verify("garbage"), Err(AuthError::Malformed));
+        assert_eq!(cache.verify("bob:-5"), Err(AuthError::Expired));
+        assert_eq!(inner.0.load(Ordering::SeqCst), 3);
+        assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn an_entry_past_its_expiry_is_verified_again() {
+        let inner = Arc::new(Counting::default());
+        let cache = CachingVerifier::new(inner.clone(), 10);
+        let stale = Principal::new(
+            "eve",
+            vec![],
+            Some(SystemTime::now() - Duration::from_secs(1)),
+        );
+        cache.verified.write().insert("eve:60".into(), stale);
+        assert!(cache.verify("eve:60").is_ok());
+        assert_eq!(
+            inner.0.load(Ordering::SeqCst),
+            1,
+            "the stale entry was not trusted"
+        );
+    }
+
+    #[test]
+    fn the_cache_stays_within_its_capacity() {
+        let (_, cache) = cache(3);
+        for n in 0..10 {
+            cache.verify(&format!("user{n}:60")).expect("valid");
+            assert!(cache.len() <= 3);
+        }
+    }
+}
