@@ -1,0 +1,289 @@
+//! The series of one task and the pre-resolved handles the pipeline updates per message.
+
+use std::fmt;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use worker_core::DeadLetterReason;
+
+use super::atomic::{nanos, Buckets, DurationSum, Histogram};
+use super::text::escape_label_value;
+
+/// Handler durations in nanoseconds: 100 µs to 5 min.
+pub(super) static HANDLER_DURATION: Buckets = Buckets {
+    bounds: &[
+        100_000,
+        250_000,
+        500_000,
+        1_000_000,
+        2_500_000,
+        5_000_000,
+        10_000_000,
+        25_000_000,
+        50_000_000,
+        100_000_000,
+        250_000_000,
+        500_000_000,
+        1_000_000_000,
+        2_500_000_000,
+        5_000_000_000,
+        10_000_000_000,
+        30_000_000_000,
+        60_000_000_000,
+        120_000_000_000,
+        300_000_000_000,
+    ],
+    labels: &[
+        "0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1",
+        "0.25", "0.5", "1", "2.5", "5", "10", "30", "60", "120", "300",
+    ],
+    divisor: 1e9,
+};
+
+/// Attempt numbers.
+pub(super) static ATTEMPTS: Buckets = Buckets {
+    bounds: &[1, 2, 3, 5, 10],
+    labels: &["1", "2", "3", "5", "10"],
+    divisor: 1.0,
+};
+
+/// The position of `reason` in [`DeadLetterReason::ALL`] and in [`TaskCells::dead_letters`].
+fn reason_index(reason: DeadLetterReason) -> usize {
+    match reason {
+        DeadLetterReason::DecodeError => 0,
+        DeadLetterReason::PayloadTooLarge => 1,
+        DeadLetterReason::Forbidden => 2,
+        DeadLetterReason::InsufficientCredits => 3,
+        DeadLetterReason::PermanentError => 4,
+        DeadLetterReason::RetriesExhausted => 5,
+    }
+}
+
+/// Every series of one task. Label values are stored escaped, ready for the exposition.
+pub(super) struct TaskCells {
+    pub(super) task: String,
+    pub(super) topic: String,
+    pub(super) received: AtomicU64,
+    pub(super) ok: AtomicU64,
+    pub(super) retried: AtomicU64,
+    /// One counter per reason, in [`DeadLetterReason::ALL`] order.
+    pub(super) dead_letters: [AtomicU64; DeadLetterReason::ALL.len()],
+    pub(super) timeouts: AtomicU64,
+    pub(super) panics: AtomicU64,
+    pub(super) handler_duration: Histogram,
+    pub(super) attempts: Histogram,
+    pub(super) in_flight: AtomicI64,
+    pub(super) rate_limit_wait: DurationSum,
+    pub(super) rate_limit_waits: AtomicU64,
+    pub(super) credits: CreditCounters,
+}
+
+impl TaskCells {
+    pub(super) fn new(task: &str, topic: &str) -> Self {
+        TaskCells {
+            task: escape_label_value(task),
+            topic: escape_label_value(topic),
+            received: AtomicU64::new(0),
+            ok: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
+            dead_letters: Default::default(),
+            timeouts: AtomicU64::new(0),
+            panics: AtomicU64::new(0),
+            handler_duration: Histogram::new(&HANDLER_DURATION),
+            attempts: Histogram::new(&ATTEMPTS),
+            in_flight: AtomicI64::new(0),
+            rate_limit_wait: DurationSum::default(),
+            rate_limit_waits: AtomicU64::new(0),
+            credits: CreditCounters::default(),
+        }
+    }
+
+    /// The dead-letter count of `reason`.
+    pub(super) fn dead_letters_of(&self, reason: DeadLetterReason) -> u64 {
+        self.dead_letters[reason_index(reason)].load(Relaxed)
+    }
+}
+
+/// Credits charged, by credit type. A task nearly always charges one type, so the first type seen
+/// is kept in a lock-free slot; any other type goes to a small locked list.
+#[derive(Default)]
+pub(super) struct CreditCounters {
+    first: OnceLock<CreditSeries>,
+    more: RwLock<Vec<CreditSeries>>,
+}
+
+pub(super) struct CreditSeries {
+    /// The credit type, escaped.
+    pub(super) credit_type: String,
+    raw_type: Box<str>,
+    pub(super) total: AtomicU64,
+}
+
+impl CreditSeries {
+    fn new(credit_type: &str, amount: u64) -> Self {
+        CreditSeries {
+            credit_type: escape_label_value(credit_type),
+            raw_type: credit_type.into(),
+            total: AtomicU64::new(amount),
+        }
+    }
+}
+
+impl CreditCounters {
+    fn add(&self, credit_type: &str, amount: u64) {
+        let mut created = false;
+        let first = self.first.get_or_init(|| {
+            created = true;
+            CreditSeries::new(credit_type, amount)
+        });
+        if created {
+            return;
+        }
+        if &*first.raw_type == credit_type {
+            first.total.fetch_add(amount, Relaxed);
+            return;
+        }
+        if let Some(series) = self
+            .more
+            .read()
+            .iter()
+            .find(|s| &*s.raw_type == credit_type)
+        {
+            series.total.fetch_add(amount, Relaxed);
+            return;
+        }
+        let mut more = self.more.write();
+        match more.iter().find(|s| &*s.raw_type == credit_type) {
+            Some(series) => {
+                series.total.fetch_add(amount, Relaxed);
+            }
+            None => more.push(CreditSeries::new(credit_type, amount)),
+        }
+    }
+
+    /// `(escaped credit type, total)` of every type charged so far.
+    pub(super) fn snapshot(&self) -> Vec<(String, u64)> {
+        let mut all: Vec<(String, u64)> = self
+            .first
+            .get()
+            .into_iter()
+            .map(|s| (s.credit_type.clone(), s.total.load(Relaxed)))
+            .collect();
+        all.extend(
+            self.more
+                .read()
+                .iter()
+                .map(|s| (s.credit_type.clone(), s.total.load(Relaxed))),
+        );
+        all.sort();
+        all
+    }
+}
+
+/// The pre-resolved metric handles of one task, from [`Metrics::task`](super::Metrics::task).
+/// Cheap to clone; every method is lock-free and allocation-free (except the first
+/// [`credits_charged`](Self::credits_charged) of a credit type).
+#[derive(Clone)]
+pub struct TaskMetrics {
+    cells: Arc<TaskCells>,
+}
+
+impl TaskMetrics {
+    pub(super) fn from_cells(cells: Arc<TaskCells>) -> Self {
+        TaskMetrics { cells }
+    }
+
+    /// Counts `n` deliveries taken from the broker.
+    pub fn received(&self, n: u64) {
+        self.cells.received.fetch_add(n, Relaxed);
+    }
+
+    /// Counts an attempt that succeeded (outcome `ok`).
+    pub fn ok(&self) {
+        self.cells.ok.fetch_add(1, Relaxed);
+    }
+
+    /// Counts an attempt that failed and was scheduled for a retry (outcome `retried`).
+    pub fn retried(&self) {
+        self.cells.retried.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a message sent to the DLQ for `reason`: outcome `forbidden` for
+    /// [`DeadLetterReason::Forbidden`], outcome `dead_lettered` for every other reason.
+    pub fn dead_lettered(&self, reason: DeadLetterReason) {
+        self.cells.dead_letters[reason_index(reason)].fetch_add(1, Relaxed);
+    }
+
+    /// Counts an attempt cancelled by the per-attempt timeout.
+    pub fn timed_out(&self) {
+        self.cells.timeouts.fetch_add(1, Relaxed);
+    }
+
+    /// Counts an attempt whose handler panicked.
+    pub fn panicked(&self) {
+        self.cells.panics.fetch_add(1, Relaxed);
+    }
+
+    /// Records how long one handler attempt took.
+    pub fn handler_duration(&self, d: Duration) {
+        self.cells.handler_duration.observe(nanos(d));
+    }
+
+    /// Records which attempt (1 for the first) a handler run was.
+    pub fn attempt(&self, attempt: u32) {
+        self.cells.attempts.observe(u64::from(attempt));
+    }
+
+    /// Counts one handler attempt as running until the returned guard is dropped.
+    pub fn in_flight(&self) -> InFlightGuard {
+        self.cells.in_flight.fetch_add(1, Relaxed);
+        InFlightGuard {
+            cells: self.cells.clone(),
+        }
+    }
+
+    /// Records that a message waited `d` for the rate limiter; a zero wait is not counted.
+    pub fn rate_limit_wait(&self, d: Duration) {
+        if !d.is_zero() {
+            self.cells.rate_limit_wait.add(d);
+            self.cells.rate_limit_waits.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Counts `amount` credits of `credit_type` charged. Lock-free for the task's first credit
+    /// type; the series of a type is created on its first charge.
+    pub fn credits_charged(&self, credit_type: &str, amount: u64) {
+        self.cells.credits.add(credit_type, amount);
+    }
+}
+
+impl fmt::Debug for TaskMetrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskMetrics")
+            .field("task", &self.cells.task)
+            .field("topic", &self.cells.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Keeps a task's `worker_in_flight` gauge one higher while it lives.
+#[must_use = "the in-flight gauge goes down again when the guard is dropped"]
+pub struct InFlightGuard {
+    cells: Arc<TaskCells>,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.cells.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+impl fmt::Debug for InFlightGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InFlightGuard")
+            .field("task", &self.cells.task)
+            .finish()
+    }
+}
