@@ -63,18 +63,10 @@ pub fn spawn_handler(
     shutdown: CancellationToken,
     grace: Duration,
 ) -> JoinHandle<()> {
-    tokio::spawn(handle(signals, shutdown, grace, |_| {
-        std::process::exit(130)
-    }))
+    tokio::spawn(handle(signals, shutdown, grace))
 }
 
-/// The handler's logic, with what a second signal does left to the caller.
-pub(crate) async fn handle(
-    mut signals: ShutdownSignals,
-    shutdown: CancellationToken,
-    grace: Duration,
-    on_second: impl FnOnce(&'static str),
-) {
+async fn handle(mut signals: ShutdownSignals, shutdown: CancellationToken, grace: Duration) {
     let first = tokio::select! {
         signal = signals.recv() => Some(signal),
         // Shut down by other means: a signal now still means "exit at once".
@@ -91,18 +83,20 @@ pub(crate) async fn handle(
     }
     let second = signals.recv().await;
     tracing::warn!(signal = second, "second signal: exiting at once");
-    on_second(second);
+    std::process::exit(130);
 }
 
 #[cfg(all(test, unix))]
 mod tests {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
+    use std::process::Command;
 
     use super::*;
 
+    /// Set in the child process that receives the signals.
+    const CHILD: &str = "WORKER_SIGNALS_TEST_CHILD";
+
     fn raise(signal: &str) {
-        let status = std::process::Command::new("kill")
+        let status = Command::new("kill")
             .arg(format!("-{signal}"))
             .arg(std::process::id().to_string())
             .status()
@@ -110,30 +104,42 @@ mod tests {
         assert!(status.success());
     }
 
-    #[tokio::test]
-    async fn first_signal_cancels_and_second_calls_the_exit_hook() {
-        let signals = ShutdownSignals::install().expect("install");
-        let shutdown = CancellationToken::new();
-        let exited = Arc::new(AtomicBool::new(false));
-        let flag = exited.clone();
-        let handler = tokio::spawn(handle(
-            signals,
-            shutdown.clone(),
-            Duration::from_secs(30),
-            move |_| flag.store(true, Ordering::SeqCst),
-        ));
+    /// Runs in a child process, so that signal handlers stay out of the test harness: a first
+    /// SIGTERM must cancel the token, a second signal must exit with 130.
+    fn child() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let signals = ShutdownSignals::install().expect("install");
+            let shutdown = CancellationToken::new();
+            spawn_handler(signals, shutdown.clone(), Duration::from_secs(30));
+            raise("TERM");
+            tokio::time::timeout(Duration::from_secs(5), shutdown.cancelled())
+                .await
+                .expect("the first signal cancels the token");
+            println!("token cancelled");
+            raise("INT");
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        panic!("the second signal did not end the process");
+    }
 
-        raise("TERM");
-        tokio::time::timeout(Duration::from_secs(5), shutdown.cancelled())
-            .await
-            .expect("the first signal cancels the token");
-        assert!(!exited.load(Ordering::SeqCst));
-
-        raise("INT");
-        tokio::time::timeout(Duration::from_secs(5), handler)
-            .await
-            .expect("the second signal ends the handler")
-            .expect("no panic");
-        assert!(exited.load(Ordering::SeqCst));
+    #[test]
+    fn first_signal_cancels_and_second_exits_with_130() {
+        if std::env::var_os(CHILD).is_some() {
+            return child();
+        }
+        let module = module_path!().split_once("::").map_or("", |(_, rest)| rest);
+        let name = format!("{module}::first_signal_cancels_and_second_exits_with_130");
+        let output = Command::new(std::env::current_exe().expect("test binary"))
+            .args(["--exact", &name, "--nocapture", "--test-threads=1"])
+            .env(CHILD, "1")
+            .output()
+            .expect("run the child");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(stdout.contains("token cancelled"), "{stdout}");
+        assert_eq!(output.status.code(), Some(130), "{stdout}");
     }
 }
