@@ -28,8 +28,10 @@ mod args;
 mod backend;
 pub mod config_file;
 mod error;
+mod extras;
 mod listing;
 pub mod logging;
+mod prepare;
 pub mod signals;
 #[cfg(test)]
 mod test_tasks;
@@ -37,26 +39,27 @@ mod test_tasks;
 mod tests;
 mod worker_shim;
 
-use std::fmt;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
-use worker_core::{Broker, ConfigError, TaskKind};
+use worker_core::Broker;
 
 pub use args::{default_consumer_name, parse_from, Cli, Command, MetricsAddr};
 pub use backend::{connect_backend, BackendArgs, BackendKind};
 pub use config_file::{apply_overrides, ConfigFileError, ConfigProblem};
 pub use error::CliError;
+pub use extras::RunExtras;
 pub use listing::describe_tasks;
 pub use logging::LogFormat;
+pub use prepare::prepare_tasks;
 
-use crate::auth::{Secret, TokenVerifier};
+use crate::auth::TokenVerifier;
 use crate::credits::CreditLedger;
 use crate::metrics::{server, Metrics};
 use crate::TaskDefinition;
+use prepare::{check_verifier, load_secret};
 use worker_shim::{Hs256Verifier, Worker};
 
 /// How long the metrics endpoint may take to finish its requests after the worker stopped.
@@ -66,76 +69,6 @@ const METRICS_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// exit as usual.
 pub async fn run() -> anyhow::Result<()> {
     run_with(Cli::parse(), RunExtras::default()).await
-}
-
-/// What a program may hand [`run_with`] instead of what the command line would build.
-#[derive(Default)]
-pub struct RunExtras {
-    broker: Option<Arc<dyn Broker>>,
-    credit_ledger: Option<Arc<dyn CreditLedger>>,
-    verifier: Option<Arc<dyn TokenVerifier>>,
-    tasks: Option<Vec<TaskDefinition>>,
-    shutdown: Option<CancellationToken>,
-    no_signal_handlers: bool,
-}
-
-impl RunExtras {
-    /// Nothing extra: everything comes from the command line.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Uses this broker instead of connecting `--backend` (e.g. a memory broker the program also
-    /// publishes to).
-    pub fn broker(mut self, broker: Arc<dyn Broker>) -> Self {
-        self.broker = Some(broker);
-        self
-    }
-
-    /// Uses this credit ledger for db tasks that charge credits.
-    pub fn credit_ledger(mut self, ledger: Arc<dyn CreditLedger>) -> Self {
-        self.credit_ledger = Some(ledger);
-        self
-    }
-
-    /// Uses this token verifier instead of one built from `--jwt-secret`/`--jwt-secret-file`.
-    pub fn verifier(mut self, verifier: Arc<dyn TokenVerifier>) -> Self {
-        self.verifier = Some(verifier);
-        self
-    }
-
-    /// Runs these tasks instead of [`registered_tasks`](crate::registered_tasks) (`--config` and
-    /// `--tasks` still apply).
-    pub fn tasks(mut self, tasks: Vec<TaskDefinition>) -> Self {
-        self.tasks = Some(tasks);
-        self
-    }
-
-    /// Stops the worker when this token is cancelled, besides on signals.
-    pub fn shutdown(mut self, token: CancellationToken) -> Self {
-        self.shutdown = Some(token);
-        self
-    }
-
-    /// Leaves SIGINT and SIGTERM alone (for a program that handles them itself and cancels the
-    /// [`shutdown`](Self::shutdown) token).
-    pub fn without_signal_handlers(mut self) -> Self {
-        self.no_signal_handlers = true;
-        self
-    }
-}
-
-impl fmt::Debug for RunExtras {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RunExtras")
-            .field("broker", &self.broker.as_ref().map(|b| b.name()))
-            .field("credit_ledger", &self.credit_ledger.is_some())
-            .field("verifier", &self.verifier.is_some())
-            .field("tasks", &self.tasks.as_ref().map(Vec::len))
-            .field("shutdown", &self.shutdown.is_some())
-            .field("signal_handlers", &!self.no_signal_handlers)
-            .finish()
-    }
 }
 
 /// Runs the worker as `cli` says, with what `extras` provides: sets up logging, loads and checks
@@ -265,115 +198,4 @@ async fn start_worker(inputs: WorkerInputs, shutdown: CancellationToken) -> anyh
     let report = worker.run(shutdown).await?;
     tracing::info!(?report, "worker stopped");
     Ok(())
-}
-
-/// Applies `--config` (when given) and checks every task, then keeps the `--tasks` selection.
-pub fn prepare_tasks(
-    cli: &Cli,
-    mut tasks: Vec<TaskDefinition>,
-) -> Result<Vec<TaskDefinition>, CliError> {
-    match &cli.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|source| CliError::ReadConfig {
-                path: path.clone(),
-                source,
-            })?;
-            apply_overrides(&mut tasks, &text, &path.display().to_string())?;
-        }
-        None => {
-            let errors: Vec<ConfigError> = tasks
-                .iter()
-                .filter_map(|t| t.config().validate().err())
-                .flatten()
-                .collect();
-            if !errors.is_empty() {
-                return Err(CliError::InvalidTaskConfig(errors));
-            }
-        }
-    }
-    select_tasks(tasks, &cli.tasks)
-}
-
-/// Keeps the tasks named in `selection` (all when it is empty), in their order.
-fn select_tasks(
-    tasks: Vec<TaskDefinition>,
-    selection: &[String],
-) -> Result<Vec<TaskDefinition>, CliError> {
-    let wanted: Vec<&str> = selection
-        .iter()
-        .map(|name| name.trim())
-        .filter(|name| !name.is_empty())
-        .collect();
-    if wanted.is_empty() {
-        return Ok(tasks);
-    }
-    let mut unknown: Vec<String> = wanted
-        .iter()
-        .filter(|name| !tasks.iter().any(|t| t.name() == **name))
-        .map(|name| (*name).to_owned())
-        .collect();
-    if !unknown.is_empty() {
-        unknown.dedup();
-        let known = tasks.iter().map(|t| t.name().to_owned()).collect();
-        return Err(CliError::UnknownTasks { unknown, known });
-    }
-    Ok(tasks
-        .into_iter()
-        .filter(|t| wanted.contains(&t.name()))
-        .collect())
-}
-
-/// The verification key from `--jwt-secret` or `--jwt-secret-file`, if either is given.
-fn load_secret(cli: &Cli) -> Result<Option<Secret>, CliError> {
-    if let Some(secret) = &cli.jwt_secret {
-        if secret.expose().is_empty() {
-            return Err(CliError::EmptySecret("--jwt-secret / WORKER_JWT_SECRET"));
-        }
-        return Ok(Some(secret.clone()));
-    }
-    let Some(path) = &cli.jwt_secret_file else {
-        return Ok(None);
-    };
-    read_secret_file(path).map(Some)
-}
-
-/// Reads a key file, without one trailing `\n` or `\r\n` that editors add.
-fn read_secret_file(path: &Path) -> Result<Secret, CliError> {
-    let mut bytes = std::fs::read(path).map_err(|source| CliError::ReadSecret {
-        path: path.to_owned(),
-        source,
-    })?;
-    if bytes.ends_with(b"\n") {
-        bytes.pop();
-        if bytes.ends_with(b"\r") {
-            bytes.pop();
-        }
-    }
-    if bytes.is_empty() {
-        return Err(CliError::EmptySecret(
-            "--jwt-secret-file / WORKER_JWT_SECRET_FILE",
-        ));
-    }
-    Ok(Secret::new(bytes))
-}
-
-/// Db tasks that check roles or charge credits need a verified sender; refuse to start without a
-/// verifier rather than dead-letter every message as forbidden.
-fn check_verifier(tasks: &[TaskDefinition], have_verifier: bool) -> Result<(), CliError> {
-    if have_verifier {
-        return Ok(());
-    }
-    let needing: Vec<String> = tasks
-        .iter()
-        .map(TaskDefinition::config)
-        .filter(|c| {
-            c.kind == TaskKind::Db && (!c.permission_roles.is_empty() || c.credits.is_some())
-        })
-        .map(|c| c.name.clone())
-        .collect();
-    if needing.is_empty() {
-        Ok(())
-    } else {
-        Err(CliError::NoVerifier(needing))
-    }
 }

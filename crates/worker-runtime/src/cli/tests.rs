@@ -1,9 +1,11 @@
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches};
 
 use super::*;
+use crate::auth::Secret;
 use crate::cli::test_tasks::tasks;
 
 /// `Cli`'s command with every environment fallback renamed to a name unique to this call, and
