@@ -1,1 +1,201 @@
-//! Command line.
+//! The command line of a worker binary: [`run`] is its whole `main`.
+//!
+//! ```no_run
+//! #[tokio::main]
+//! async fn main() -> anyhow::Result<()> {
+//!     worker_runtime::cli::run().await
+//! }
+//! ```
+//!
+//! | flag | environment | default | |
+//! |---|---|---|---|
+//! | `--backend` | `PUBSUB_BACKEND` | `memory` | `memory`, `pulsar`, `valkey` or `mqtt` (the last three behind cargo features) |
+//! | `--consumer-name` | `WORKER_CONSUMER_NAME` | `{hostname}-{pid}` | unique per worker process |
+//! | `--tasks` | `WORKER_TASKS` | every task | comma-separated subset to run |
+//! | `--metrics-addr` | `WORKER_METRICS_ADDR` | `0.0.0.0:9090` | `/metrics`, `/healthz`, `/readyz`; `off` disables |
+//! | `--config` | `WORKER_CONFIG` | none | TOML overrides of task settings, see [`config_file`] |
+//! | `--log-format` | `WORKER_LOG_FORMAT` | `pretty` | `pretty` or `json`, on stderr; `RUST_LOG` filters (default `info`) |
+//! | `--jwt-secret` | `WORKER_JWT_SECRET` | none | HS256 key verifying senders' tokens; never printed |
+//! | `--jwt-secret-file` | `WORKER_JWT_SECRET_FILE` | none | the same key read from a file |
+//! | `--shutdown-grace` | `WORKER_SHUTDOWN_GRACE` | `30s` | time work in flight may take after SIGINT/SIGTERM |
+//!
+//! `worker tasks` prints every task's effective configuration and exits. A bad flag, file or task
+//! setting stops the binary at start with a message naming it. SIGINT or SIGTERM stops taking
+//! messages and lets work in flight finish within the grace period, then the process exits with
+//! status 0; a second signal exits at once with status 130.
+
+mod args;
+mod backend;
+pub mod config_file;
+mod error;
+mod extras;
+mod listing;
+pub mod logging;
+mod prepare;
+pub mod signals;
+#[cfg(test)]
+mod test_tasks;
+#[cfg(test)]
+mod tests;
+mod worker_shim;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use worker_core::Broker;
+
+pub use args::{default_consumer_name, parse_from, Cli, Command, MetricsAddr};
+pub use backend::{connect_backend, BackendArgs, BackendKind};
+pub use config_file::{apply_overrides, ConfigFileError, ConfigProblem};
+pub use error::CliError;
+pub use extras::RunExtras;
+pub use listing::describe_tasks;
+pub use logging::LogFormat;
+pub use prepare::prepare_tasks;
+
+use crate::auth::TokenVerifier;
+use crate::credits::CreditLedger;
+use crate::metrics::{server, Metrics};
+use crate::TaskDefinition;
+use prepare::{check_verifier, load_secret};
+use worker_shim::{Hs256Verifier, Worker};
+
+/// How long the metrics endpoint may take to finish its requests after the worker stopped.
+const METRICS_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Parses the process's command line and runs [`run_with`]; `--help` and flag errors print and
+/// exit as usual.
+pub async fn run() -> anyhow::Result<()> {
+    run_with(Cli::parse(), RunExtras::default()).await
+}
+
+/// Runs the worker as `cli` says, with what `extras` provides: sets up logging, loads and checks
+/// the tasks, serves metrics, connects the broker and runs until a shutdown signal (or the
+/// `extras` token). Returns once the worker stopped gracefully.
+pub async fn run_with(cli: Cli, extras: RunExtras) -> anyhow::Result<()> {
+    logging::init(cli.log_format);
+    let tasks = extras.tasks.unwrap_or_else(crate::registered_tasks);
+    let tasks = prepare_tasks(&cli, tasks)?;
+    if cli.command == Some(Command::Tasks) {
+        print!("{}", describe_tasks(&tasks));
+        return Ok(());
+    }
+    if tasks.is_empty() {
+        return Err(CliError::NoTasks.into());
+    }
+    let verifier = match extras.verifier {
+        Some(verifier) => Some(verifier),
+        None => load_secret(&cli)?
+            .map(|secret| Arc::new(Hs256Verifier::new(secret)) as Arc<dyn TokenVerifier>),
+    };
+    check_verifier(&tasks, verifier.is_some())?;
+
+    let consumer_name = cli.consumer_name();
+    let metrics = Metrics::new(&consumer_name);
+    let shutdown = extras.shutdown.unwrap_or_default();
+    if !extras.no_signal_handlers {
+        let signals = signals::ShutdownSignals::install().map_err(CliError::Signals)?;
+        signals::spawn_handler(signals, shutdown.clone(), cli.shutdown_grace);
+    }
+    let not_ready_on_shutdown = {
+        let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            metrics.set_ready(false);
+        })
+    };
+    let metrics_stop = CancellationToken::new();
+    let metrics_server = match cli.metrics_addr {
+        MetricsAddr::Off => None,
+        MetricsAddr::On(addr) => {
+            let bound = server::bind(addr)
+                .await
+                .map_err(|source| CliError::MetricsBind { addr, source })?;
+            let local = bound.local_addr().unwrap_or(addr);
+            tracing::info!(addr = %local, "serving /metrics, /healthz and /readyz");
+            Some(tokio::spawn(
+                bound.serve(metrics.clone(), metrics_stop.clone()),
+            ))
+        }
+    };
+
+    let result = async {
+        let broker = match extras.broker {
+            Some(broker) => broker,
+            None => tokio::select! {
+                broker = connect_backend(&cli.backend) => broker?,
+                () = shutdown.cancelled() => {
+                    tracing::info!("shut down before the broker was connected");
+                    return Ok(());
+                }
+            },
+        };
+        let names: Vec<&str> = tasks.iter().map(|t| t.name()).collect();
+        tracing::info!(
+            backend = broker.name(),
+            consumer = %consumer_name,
+            tasks = %names.join(","),
+            "starting worker"
+        );
+        start_worker(
+            WorkerInputs {
+                broker,
+                tasks,
+                consumer_name,
+                verifier,
+                credit_ledger: extras.credit_ledger,
+                metrics: metrics.clone(),
+                shutdown_grace: cli.shutdown_grace,
+            },
+            shutdown.clone(),
+        )
+        .await
+    }
+    .await;
+
+    metrics.set_ready(false);
+    not_ready_on_shutdown.abort();
+    metrics_stop.cancel();
+    if let Some(server) = metrics_server {
+        if tokio::time::timeout(METRICS_STOP_TIMEOUT, server)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the metrics endpoint did not stop in time");
+        }
+    }
+    result
+}
+
+/// Everything the worker is built from.
+struct WorkerInputs {
+    broker: Arc<dyn Broker>,
+    tasks: Vec<TaskDefinition>,
+    consumer_name: String,
+    verifier: Option<Arc<dyn TokenVerifier>>,
+    credit_ledger: Option<Arc<dyn CreditLedger>>,
+    metrics: Metrics,
+    shutdown_grace: Duration,
+}
+
+/// Builds the worker and runs it until `shutdown` is cancelled and its work in flight finished.
+async fn start_worker(inputs: WorkerInputs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut builder = Worker::builder()
+        .broker(inputs.broker)
+        .tasks(inputs.tasks)
+        .consumer_name(inputs.consumer_name)
+        .metrics(inputs.metrics)
+        .shutdown_grace(inputs.shutdown_grace);
+    if let Some(verifier) = inputs.verifier {
+        builder = builder.verifier(verifier);
+    }
+    if let Some(ledger) = inputs.credit_ledger {
+        builder = builder.credit_ledger(ledger);
+    }
+    let worker = builder.build()?;
+    let report = worker.run(shutdown).await?;
+    tracing::info!(?report, "worker stopped");
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! The flags of a worker binary, each with an environment variable as fallback.
+
+use std::convert::Infallible;
+use std::ffi::OsString;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use worker_core::{parse_duration, DurationError};
+
+use super::backend::BackendArgs;
+use super::logging::LogFormat;
+use crate::auth::Secret;
+
+/// The command line of a worker binary. Every flag may instead be given by the environment
+/// variable named in `--help`; a flag given on the command line wins.
+#[derive(Parser, Clone, Debug)]
+#[command(
+    about = "Runs the message-driven tasks linked into this binary.",
+    long_about = "Runs the message-driven tasks linked into this binary: consumes each task's \
+                  topic and drives every message through rate limiting, a per-attempt timeout, \
+                  retries with backoff and dead-letter routing. SIGINT or SIGTERM stops taking \
+                  messages and lets work in flight finish; a second signal exits at once."
+)]
+pub struct Cli {
+    /// Which broker to use, and how to reach it.
+    #[command(flatten)]
+    pub backend: BackendArgs,
+
+    /// This worker's consumer name, unique per process [default: {hostname}-{pid}].
+    #[arg(long, env = "WORKER_CONSUMER_NAME", global = true)]
+    pub consumer_name: Option<String>,
+
+    /// Run only these tasks (comma-separated names) [default: every task in the binary].
+    #[arg(
+        long,
+        env = "WORKER_TASKS",
+        value_delimiter = ',',
+        value_name = "NAMES",
+        global = true
+    )]
+    pub tasks: Vec<String>,
+
+    /// Where to serve /metrics, /healthz and /readyz, or `off`.
+    #[arg(
+        long,
+        env = "WORKER_METRICS_ADDR",
+        default_value = "0.0.0.0:9090",
+        value_name = "ADDR|off"
+    )]
+    pub metrics_addr: MetricsAddr,
+
+    /// A TOML file overriding task settings ([tasks.NAME] tables with the same keys as the task attributes).
+    #[arg(long, env = "WORKER_CONFIG", value_name = "PATH", global = true)]
+    pub config: Option<PathBuf>,
+
+    /// How to write logs (to stderr); RUST_LOG filters them [default filter: info].
+    #[arg(long, env = "WORKER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty, global = true)]
+    pub log_format: LogFormat,
+
+    /// The HS256 key that verifies senders' tokens (db tasks). Prefer --jwt-secret-file: a flag's
+    /// value is visible to other users of the machine.
+    #[arg(
+        long,
+        env = "WORKER_JWT_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET",
+        value_parser = secret_value,
+        allow_hyphen_values = true,
+        conflicts_with = "jwt_secret_file"
+    )]
+    pub jwt_secret: Option<Secret>,
+
+    /// A file holding the HS256 key that verifies senders' tokens (one trailing newline is ignored).
+    #[arg(long, env = "WORKER_JWT_SECRET_FILE", value_name = "PATH")]
+    pub jwt_secret_file: Option<PathBuf>,
+
+    /// How long work in flight may take to finish after a shutdown signal ("30s", "2m", or seconds).
+    #[arg(
+        long,
+        env = "WORKER_SHUTDOWN_GRACE",
+        default_value = "30s",
+        value_name = "DURATION",
+        value_parser = duration_value
+    )]
+    pub shutdown_grace: Duration,
+
+    /// What to do; without a subcommand the worker runs.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Print every task with its effective configuration (after --config and --tasks), in the
+    /// override file's format, and exit.
+    Tasks,
+}
+
+impl Cli {
+    /// The consumer name: `--consumer-name` when given and not blank, else
+    /// [`default_consumer_name`].
+    pub fn consumer_name(&self) -> String {
+        match self.consumer_name.as_deref().map(str::trim) {
+            Some(name) if !name.is_empty() => name.to_owned(),
+            _ => default_consumer_name(),
+        }
+    }
+}
+
+/// Parses a command line (the first item is the binary's name) without exiting on errors, for
+/// tests and for programs that build their own `main`.
+pub fn parse_from<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    Cli::try_parse_from(args)
+}
+
+/// `{hostname}-{pid}`: unique per process on a host, and readable in broker admin tools.
+pub fn default_consumer_name() -> String {
+    let host = gethostname::gethostname();
+    let host = host.to_string_lossy();
+    let host = if host.is_empty() { "worker" } else { &host };
+    format!("{host}-{}", std::process::id())
+}
+
+/// Where the metrics endpoint listens, if anywhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricsAddr {
+    /// No endpoint.
+    Off,
+    /// Listen on this address (port 0 picks a free port).
+    On(SocketAddr),
+}
+
+impl FromStr for MetricsAddr {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text.trim().eq_ignore_ascii_case("off") {
+            return Ok(MetricsAddr::Off);
+        }
+        text.trim().parse().map(MetricsAddr::On).map_err(|_| {
+            "expected an IP address and port such as 0.0.0.0:9090 or [::1]:9090, or `off`".into()
+        })
+    }
+}
+
+impl fmt::Display for MetricsAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MetricsAddr::Off => f.write_str("off"),
+            MetricsAddr::On(addr) => addr.fmt(f),
+        }
+    }
+}
+
+fn secret_value(text: &str) -> Result<Secret, Infallible> {
+    Ok(Secret::new(text.as_bytes()))
+}
+
+fn duration_value(text: &str) -> Result<Duration, DurationError> {
+    parse_duration(text)
+}
