@@ -14,6 +14,7 @@ use worker_core::{parse_duration, DurationError};
 use super::backend::BackendArgs;
 use super::logging::LogFormat;
 use crate::auth::Secret;
+use crate::worker::default_consumer_name;
 
 /// The command line of a worker binary. Every flag may instead be given by the environment
 /// variable named in `--help`; a flag given on the command line wins.
@@ -120,14 +121,6 @@ where
     T: Into<OsString> + Clone,
 {
     Cli::try_parse_from(args)
-}
-
-/// `{hostname}-{pid}`: unique per process on a host, and readable in broker admin tools.
-pub fn default_consumer_name() -> String {
-    let host = gethostname::gethostname();
-    let host = host.to_string_lossy();
-    let host = if host.is_empty() { "worker" } else { &host };
-    format!("{host}-{}", std::process::id())
 }
 
 /// Where the metrics endpoint listens, if anywhere.

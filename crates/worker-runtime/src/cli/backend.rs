@@ -7,7 +7,7 @@ use clap::{Args, ValueEnum};
 use worker_core::Broker;
 
 use super::error::CliError;
-use super::worker_shim;
+use crate::broker::MemoryBroker;
 
 /// The backend flags. A backend's own settings (`--valkey-url`, …) go here, each with its
 /// environment variable.
@@ -53,7 +53,7 @@ impl fmt::Display for BackendKind {
 /// naming the feature.
 pub async fn connect_backend(args: &BackendArgs) -> Result<Arc<dyn Broker>, CliError> {
     match args.backend {
-        BackendKind::Memory => worker_shim::memory_broker(),
+        BackendKind::Memory => Ok(Arc::new(MemoryBroker::new())),
         // Each compiled-in backend connects here with its flags from `BackendArgs`.
         #[cfg(feature = "pulsar")]
         BackendKind::Pulsar => Err(CliError::BackendNotWired("pulsar")),

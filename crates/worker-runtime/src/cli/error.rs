@@ -17,9 +17,6 @@ pub enum CliError {
     /// The chosen backend is compiled in but the command line cannot connect it yet.
     #[error("backend `{0}` is compiled in but the command line cannot connect it yet")]
     BackendNotWired(&'static str),
-    /// A part of the runtime this binary needs is not linked into it.
-    #[error("{0} not linked")]
-    NotLinked(&'static str),
     /// The `--config` file could not be read.
     #[error("cannot read the configuration file `{}`", path.display())]
     ReadConfig {

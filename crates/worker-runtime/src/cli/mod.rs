@@ -37,7 +37,6 @@ pub mod signals;
 mod test_tasks;
 #[cfg(test)]
 mod tests;
-mod worker_shim;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,7 +45,8 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use worker_core::Broker;
 
-pub use args::{default_consumer_name, parse_from, Cli, Command, MetricsAddr};
+pub use crate::worker::default_consumer_name;
+pub use args::{parse_from, Cli, Command, MetricsAddr};
 pub use backend::{connect_backend, BackendArgs, BackendKind};
 pub use config_file::{apply_overrides, ConfigFileError, ConfigProblem};
 pub use error::CliError;
@@ -55,12 +55,13 @@ pub use listing::describe_tasks;
 pub use logging::LogFormat;
 pub use prepare::prepare_tasks;
 
+use crate::auth::Hs256Verifier;
 use crate::auth::TokenVerifier;
 use crate::credits::CreditLedger;
 use crate::metrics::{server, Metrics};
+use crate::worker::Worker;
 use crate::TaskDefinition;
 use prepare::{check_verifier, load_secret};
-use worker_shim::{Hs256Verifier, Worker};
 
 /// How long the metrics endpoint may take to finish its requests after the worker stopped.
 const METRICS_STOP_TIMEOUT: Duration = Duration::from_secs(5);
