@@ -22,7 +22,13 @@ impl Parse for Arg {
                 format!("expected `{key} = value`"),
             ));
         }
-        input.parse::<Token![=]>()?;
+        let eq: Token![=] = input.parse()?;
+        if input.is_empty() || input.peek(Token![,]) {
+            return Err(syn::Error::new(
+                eq.span,
+                format!("expected a value after `{key} =`"),
+            ));
+        }
         let value: Expr = input.parse()?;
         Ok(Arg { key, value })
     }
