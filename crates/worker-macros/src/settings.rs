@@ -410,3 +410,74 @@ impl Value<'_> {
         Ok(roles)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_ok(kind: TaskKind, args: &str) -> Settings {
+        let args = syn::parse::Parser::parse_str(attr::parse_args, args).expect("valid syntax");
+        let mut errors = Errors::default();
+        let settings = read(kind, "t", args, &mut errors);
+        if let Some(error) = errors.into_error() {
+            panic!("unexpected error: {error}");
+        }
+        settings
+    }
+
+    fn read_errors(kind: TaskKind, args: &str) -> Vec<String> {
+        let args = syn::parse::Parser::parse_str(attr::parse_args, args).expect("valid syntax");
+        let mut errors = Errors::default();
+        read(kind, "t", args, &mut errors);
+        errors
+            .into_error()
+            .map(|error| error.into_iter().map(|e| e.to_string()).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn reads_every_kind_of_value() {
+        let s = read_ok(
+            TaskKind::Db,
+            r#"topic = "q1/a/b/c", rate_limit = 5, rate_window = "2m", backoff = 2,
+               jitter = 0, timeout = 7, consumer_type = "exclusive",
+               permission_roles = ["r1", "r2"], credit_type = "c", credit_amount = 3,"#,
+        );
+        assert_eq!(s.topic.map(|t| t.to_string()).as_deref(), Some("q1/a/b/c"));
+        assert_eq!(s.rate_limit, Some(5));
+        assert_eq!(s.rate_window, Some(Duration::from_secs(120)));
+        assert_eq!(s.backoff, Some(2.0));
+        assert_eq!(s.jitter, Some(0.0));
+        assert_eq!(s.timeout, Some(Duration::from_secs(7)));
+        assert_eq!(s.consumer_type, Some(ConsumerType::Exclusive));
+        assert_eq!(s.permission_roles, Some(vec!["r1".into(), "r2".into()]));
+        assert_eq!(s.credit_type.as_deref(), Some("c"));
+        assert_eq!(s.credit_amount, Some(3));
+        assert_eq!(s.max_retries, None);
+    }
+
+    #[test]
+    fn reports_every_problem_once() {
+        let errors = read_errors(
+            TaskKind::Io,
+            r#"max_retries = -1, timeout = 0, credit_type = "c", max_retries = 2"#,
+        );
+        assert_eq!(
+            errors,
+            [
+                "`max_retries` cannot be negative",
+                "`credit_type` is only on #[pulsar_db_task]",
+                "repeated key `max_retries`",
+                "missing key `topic`, e.g. `topic = \"persistent://tenant/namespace/name\"`",
+                "`timeout` must be longer than zero",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_missing_topic_does_not_raise_a_dlq_error() {
+        let errors = read_errors(TaskKind::Io, r#"dlq_topic = "q1/t/ns/topic""#);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with("missing key `topic`"));
+    }
+}
