@@ -87,12 +87,17 @@ fn generate(kind: TaskKind, handler: &Handler, settings: &Settings) -> TokenStre
     let config = config_body(kind, settings, &p);
     let (context_param, handle) = handle_body(handler, &p);
     let module = module(handler, settings, &task_type, &p);
+    // A `#[cfg]` below the attribute removes the fn only after expansion: the items beside it
+    // must go with it.
+    let cfgs = &handler.cfgs;
     quote! {
+        #(#cfgs)*
         #[doc(hidden)]
         #[allow(non_camel_case_types)]
         #[derive(::core::fmt::Debug)]
         #vis struct #task_type;
 
+        #(#cfgs)*
         impl #p::Task for #task_type {
             type Payload = #payload;
             type Output = #output;
@@ -112,8 +117,10 @@ fn generate(kind: TaskKind, handler: &Handler, settings: &Settings) -> TokenStre
             }
         }
 
+        #(#cfgs)*
         #module
 
+        #(#cfgs)*
         #p::inventory::submit! {
             #p::Registration::new(#fn_name::task)
         }
@@ -400,5 +407,37 @@ fn float(value: f64) -> TokenStream {
         // Validation rejects such values before expansion; stay exact rather than panic anyway.
         let bits = Literal::u64_unsuffixed(value.to_bits());
         quote!(::core::primitive::f64::from_bits(#bits))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inner(vis: &str) -> String {
+        let vis: Visibility = syn::parse_str(vis).expect("a visibility");
+        inner_visibility(&vis).to_string()
+    }
+
+    #[test]
+    fn module_items_are_exactly_as_visible_as_the_fn() {
+        assert_eq!(inner("pub"), "pub");
+        assert_eq!(inner(""), "pub (super)");
+        assert_eq!(inner("pub(self)"), "pub (super)");
+        assert_eq!(inner("pub(crate)"), "pub (crate)");
+        assert_eq!(inner("pub(super)"), "pub (in super :: super)");
+        assert_eq!(inner("pub(in super::a)"), "pub (in super :: super :: a)");
+        assert_eq!(inner("pub(in self::a)"), "pub (in super :: a)");
+        assert_eq!(inner("pub(in crate::a::b)"), "pub (in crate :: a :: b)");
+    }
+
+    #[test]
+    fn durations_and_floats_are_exact() {
+        assert_eq!(
+            duration(Duration::from_millis(1500)).to_string(),
+            ":: core :: time :: Duration :: from_millis (1500)"
+        );
+        assert_eq!(float(1.5).to_string(), "1.5");
+        assert_eq!(float(-0.0).to_string(), "0.0");
     }
 }

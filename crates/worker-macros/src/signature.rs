@@ -5,7 +5,8 @@
 
 use quote::ToTokens;
 use syn::{
-    FnArg, GenericArgument, Ident, ItemFn, PathArguments, ReturnType, Signature, Type, Visibility,
+    Attribute, FnArg, GenericArgument, Ident, ItemFn, PathArguments, ReturnType, Signature, Type,
+    Visibility,
 };
 
 use crate::errors::Errors;
@@ -24,6 +25,8 @@ pub(crate) struct Handler<'a> {
     pub output: &'a Type,
     /// `E` of `Result<T, E>`, if written (a `Result<T>` alias names only `T`).
     pub error: Option<&'a Type>,
+    /// The fn's `#[cfg(..)]` attributes, which the generated items must share.
+    pub cfgs: Vec<&'a Attribute>,
 }
 
 /// Checks the signature of `item`, adding every problem to `errors`.
@@ -41,6 +44,11 @@ pub(crate) fn check<'a>(item: &'a ItemFn, errors: &mut Errors) -> Option<Handler
             context,
             output,
             error,
+            cfgs: item
+                .attrs
+                .iter()
+                .filter(|attr| attr.path().is_ident("cfg"))
+                .collect(),
         }),
         (error, _, _) => {
             if let Some(error) = error {

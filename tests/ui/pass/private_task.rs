@@ -1,5 +1,5 @@
-//! A private task whose generated items are never used, and one whose error type is the user's
-//! own: no warning may come of either.
+//! A private task whose generated items are never used, one whose error type is the user's own,
+//! and one removed by `#[cfg]`: no warning may come of any.
 #![deny(warnings)]
 
 use std::fmt;
@@ -33,4 +33,12 @@ async fn check(value: i32) -> Result<String, Rejected> {
 fn main() {
     assert_eq!(check::task().name(), "check");
     assert_eq!(check::config().retry.max_retries, 0);
+}
+
+// A `#[cfg]` below the attribute removes the generated items along with the fn.
+#[pulsar_io_task(topic = "q1/t/ns/never")]
+#[cfg(any())]
+async fn never_compiled(payload: u32) -> Result<(), TaskError> {
+    let _ = payload;
+    Ok(())
 }
