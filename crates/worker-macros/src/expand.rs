@@ -40,7 +40,7 @@ pub(crate) fn task_attribute(kind: TaskKind, args: TokenStream, item: TokenStrea
                 span,
                 format!("#[{}] goes on an `async fn`", attribute_name(kind)),
             );
-            return with_errors(item, errors);
+            return with_errors(item, errors.into_error());
         }
     };
     let name = function.sig.ident.unraw().to_string();
@@ -51,13 +51,7 @@ pub(crate) fn task_attribute(kind: TaskKind, args: TokenStream, item: TokenStrea
             let generated = generate(kind, &handler, &settings);
             quote!(#item #generated)
         }
-        (_, _, error) => {
-            let mut errors = Errors::default();
-            if let Some(error) = error {
-                errors.push(error);
-            }
-            with_errors(item, errors)
-        }
+        (_, _, error) => with_errors(item, error),
     }
 }
 
@@ -68,8 +62,9 @@ fn attribute_name(kind: TaskKind) -> &'static str {
     }
 }
 
-fn with_errors(item: TokenStream, errors: Errors) -> TokenStream {
-    let errors = errors.into_error().map(|error| error.to_compile_error());
+/// The item unchanged (so that IDEs keep working), then the errors.
+fn with_errors(item: TokenStream, error: Option<syn::Error>) -> TokenStream {
+    let errors = error.map(|error| error.to_compile_error());
     quote!(#item #errors)
 }
 
