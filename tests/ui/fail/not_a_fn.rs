@@ -1,0 +1,6 @@
+use worker_runtime::prelude::*;
+
+#[pulsar_io_task(topic = "q1/t/ns/a")]
+struct NotAFn;
+
+fn main() {}
