@@ -50,6 +50,20 @@ impl<P: Serialize> EncodeAs<P> for P {
     }
 }
 
+/// `my_task::enqueue(&broker, "text")` for a task whose payload is a `String`.
+impl EncodeAs<String> for str {
+    fn encode_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(self)
+    }
+}
+
+/// `my_task::enqueue(&broker, &items[..])` for a task whose payload is a `Vec`.
+impl<T: Serialize> EncodeAs<Vec<T>> for [T] {
+    fn encode_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(self)
+    }
+}
+
 /// A task message being built; `send` publishes it to the task's topic.
 #[must_use = "an Enqueue does nothing until `.send(&broker)` is awaited"]
 pub struct Enqueue<T: Task> {

@@ -46,9 +46,6 @@ pub mod __private {
         }
     }
 
-    /// Checks that a payload type can be decoded; the attribute calls it with the payload's span.
-    pub fn assert_payload<T: serde::de::DeserializeOwned>() {}
-
     /// Checks that a handler's future is `Send`; the attribute calls it with the fn's span.
     pub fn assert_send<F: core::future::Future + Send>(future: F) -> F {
         future
