@@ -13,7 +13,7 @@
 //!   the runtime retries in place instead.
 //! - Consuming: one task per subscription owns the pulsar-rs consumer, `receive` is cancel-safe,
 //!   and a consumer pulsar-rs gives up on is re-created with backoff ([`PulsarSubscription`]).
-//! - Acks are grouped ([`acks`]): cumulative where the subscription type allows it, always per
+//! - Acks are grouped (see `acks.rs`): cumulative where the subscription type allows it, always per
 //!   whole entry, flushed every [`PulsarOptions::ack_group_time`], before a nack and on close.
 //!
 //! What pulsar-rs 6 cannot do, and this backend therefore does not: advertised listener names
@@ -22,7 +22,7 @@
 //! pulsar-rs logs the frames it sends at trace level, token included: keep the `pulsar` target
 //! at `debug` or above ([`LOG_FILTER_HIDING_TOKENS`]) when a token is used.
 
-pub mod acks;
+mod acks;
 mod error;
 pub mod naming;
 mod options;
