@@ -163,7 +163,8 @@ impl AckTracker {
         self.ready > 0
     }
 
-    /// Entries tracked (delivered or partly acked); for tests and metrics.
+    /// Entries tracked (delivered or partly acked).
+    #[cfg(test)]
     pub fn tracked(&self) -> usize {
         self.entries.len()
     }
