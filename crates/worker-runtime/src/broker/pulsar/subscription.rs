@@ -35,8 +35,14 @@ type Item = Result<Delivery, BrokerError>;
 const MAX_HANDOFF: usize = 256;
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// A consumer that lasted this long resets the re-creation backoff when it goes away.
+const STABLE_CONSUMER: Duration = Duration::from_secs(30);
 
 /// One consumer of a Pulsar subscription. Made by [`super::PulsarBroker`]'s `subscribe`.
+///
+/// `receive` returns a transient [`BrokerError::Connection`] when the consumer lost its
+/// connection for good or could not be re-created; the subscription keeps trying on its own
+/// (with a growing pause), so calling `receive` again is the way to go on.
 pub struct PulsarSubscription {
     commands: mpsc::UnboundedSender<Command>,
     inbox: tokio::sync::Mutex<Inbox>,
@@ -166,6 +172,7 @@ impl PulsarSubscription {
             consumer: Some(consumer),
             rebuild: None,
             failures: 0,
+            created_at: tokio::time::Instant::now(),
             deliveries: deliveries_tx,
             commands: commands_rx,
             ack_group_time: options.ack_group_time,
@@ -257,7 +264,11 @@ struct ConsumerTask {
     consumer: Option<PulsarConsumer>,
     /// A consumer being re-created, while `consumer` is `None`.
     rebuild: Option<JoinHandle<Result<PulsarConsumer, pulsar::Error>>>,
+    /// Re-creations in a row that failed, or whose consumer did not last: the backoff grows
+    /// with it, so that a broker that keeps dropping the consumer is not hammered.
     failures: u32,
+    /// When the current consumer was made.
+    created_at: tokio::time::Instant,
     acks: AckTracker,
     deliveries: mpsc::Sender<Item>,
     commands: mpsc::UnboundedReceiver<Command>,
@@ -323,7 +334,7 @@ impl ConsumerTask {
                     tracing::info!(topic = %self.spec.topic_name, "pulsar consumer re-created");
                     self.rebuild = None;
                     self.consumer = Some(consumer);
-                    self.failures = 0;
+                    self.created_at = tokio::time::Instant::now();
                     self.flush().await;
                 }
                 Event::Rebuilt(Err(error)) => {
@@ -361,9 +372,21 @@ impl ConsumerTask {
                             // pulsar-rs gave up reconnecting this consumer: start over. The
                             // broker delivers every unacknowledged message again.
                             tracing::warn!(topic = %self.spec.topic_name, "pulsar consumer stream ended, re-creating it");
-                            permit = Some(reserved);
                             self.consumer = None;
                             self.acks.restart_sequences();
+                            if self.created_at.elapsed() >= STABLE_CONSUMER {
+                                self.failures = 0;
+                            } else {
+                                self.failures = self.failures.saturating_add(1);
+                            }
+                            reserved.send(Err(BrokerError::Connection {
+                                backend: BACKEND,
+                                message: format!(
+                                    "the consumer of {} lost its connection; subscribing again",
+                                    self.spec.topic_name
+                                ),
+                                source: None,
+                            }));
                         }
                     }
                 }
