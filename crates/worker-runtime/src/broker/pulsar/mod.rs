@@ -23,11 +23,13 @@
 //! at `debug` or above ([`LOG_FILTER_HIDING_TOKENS`]) when a token is used.
 
 mod acks;
+mod consumer;
 mod error;
 pub mod naming;
 mod options;
 mod producer;
 mod subscription;
+mod task;
 
 use std::sync::Arc;
 use std::time::Duration;
