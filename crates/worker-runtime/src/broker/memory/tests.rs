@@ -408,6 +408,27 @@ async fn nacked_messages_come_back_with_a_higher_redelivery_count() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_ack_after_a_nack_settles_the_message() {
+    let broker = MemoryBroker::new();
+    let t = topic("nack-then-ack");
+    for kind in [ConsumerType::Shared, ConsumerType::KeyShared] {
+        let name = kind.as_str();
+        let sub = subscribe(&broker, &t, name, "a", kind).await;
+        publish_keyed(&broker, &t, "k", name).await;
+        let batch = recv(&*sub, 10).await;
+        assert_eq!(texts(&batch), [name]);
+        sub.nack(ids(&batch)).await.expect("nack");
+        // The message waits for redelivery (key_shared: in the consumer's queue); acking it
+        // now still counts.
+        sub.ack(ids(&batch)).await.expect("ack");
+        assert!(stays_empty(&*sub).await, "{name}");
+        assert_eq!(broker.backlog(&t, name), Some(0), "{name}");
+        sub.close().await.expect("close");
+        assert!(matches!(broker.unsubscribe(&t, name), Ok(true)));
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn nack_goes_to_another_consumer_when_it_is_waiting() {
     let broker = MemoryBroker::new();
     let t = topic("nack-other");
