@@ -5,9 +5,10 @@
 //! - Topics are created on first use. Publishing stores the message and returns a per-topic
 //!   sequence number as its id.
 //! - Named subscriptions each see every message; the consumers of one subscription share them by
-//!   [`ConsumerType`](worker_core::ConsumerType): `Shared` (each message to one consumer),
-//!   `KeyShared` (one key to one consumer, in order), `Failover` (one active consumer, the others
-//!   take over in attach order) and `Exclusive` (a second consumer is rejected).
+//!   [`ConsumerType`]: `Shared` (each message to one consumer; consumers receiving at the same
+//!   time split a backlog, idle ones are woken in turn), `KeyShared` (one key to one consumer, in
+//!   order), `Failover` (one active consumer, the others take over in attach order) and
+//!   `Exclusive` (a second consumer is rejected).
 //! - A message stays until every subscription acknowledged it. Without any subscription the topic
 //!   keeps what is published, so a later `Earliest` subscription sees it; a `Latest` one starts
 //!   after. Subscriptions outlive their consumers and keep collecting a backlog, until

@@ -3,16 +3,12 @@
 //!
 //! Everything here runs under the topic's lock, so it is plain single-threaded bookkeeping. How the
 //! consumers share the messages depends on the subscription's [`ConsumerType`]:
-//! - `Shared`: a receiving consumer takes the next messages (redeliveries first, then the log).
+//! - `Shared`: a receiving consumer takes the next messages (redeliveries first, then the log);
+//!   consumers that are in `receive` at the same time split what is available.
 //! - `Failover` and `Exclusive`: only the first attached consumer takes; the others stand by.
-//! - `KeyShared`: messages are routed into per-consumer queues by key. A key with messages
-//!   outstanding (queued or unacknowledged) stays with its consumer, so that a consumer joining
-//!   never gets a key's later messages while another still works on earlier ones; a key with
-//!   nothing outstanding goes where its hash points among the attached consumers.
+//! - `KeyShared`: messages are routed into per-consumer queues by key (see `key_shared`).
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, VecDeque};
-use std::hash::{BuildHasher, BuildHasherDefault};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,9 +20,11 @@ use super::hash::FastMap;
 use super::log::{Entry, Log};
 use super::BACKEND;
 
-/// Digests message keys for key_shared routing. Fixed keys, so that routing is the same from run to
-/// run; keys only choose a consumer, nothing is indexed by them.
-type KeyDigest = BuildHasherDefault<DefaultHasher>;
+use self::key_shared::{release, KeyOwner};
+use self::wait::{WaitState, Waiters};
+
+mod key_shared;
+mod wait;
 
 /// Names one attached consumer: its slot, and a topic-wide id that is never reused, so that a stale
 /// handle can never act on a slot a later consumer took over.
@@ -84,68 +82,6 @@ impl Consumer {
     fn room(&self) -> usize {
         self.limit.saturating_sub(self.in_flight)
     }
-}
-
-/// Where a consumer is in `receive`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum WaitState {
-    /// Not waiting (not in `receive`, or taking a batch right now).
-    Idle,
-    /// Waiting; whoever makes a message available to it wakes it.
-    Waiting,
-    /// Woken and about to look; needs no further wakeup.
-    Woken,
-}
-
-/// Counts of the consumers in each [`WaitState`], kept in step with the consumers' own state.
-#[derive(Debug, Default)]
-struct Waiters {
-    waiting: usize,
-    woken: usize,
-}
-
-impl Waiters {
-    /// Consumers inside `receive`: the ones a shared batch is split between.
-    fn receiving(&self) -> usize {
-        self.waiting + self.woken
-    }
-
-    /// Leaves whatever wait state the consumer was in, returning it.
-    fn reset(&mut self, consumer: &mut Consumer) -> WaitState {
-        let previous = consumer.wait;
-        match previous {
-            WaitState::Waiting => self.waiting -= 1,
-            WaitState::Woken => self.woken -= 1,
-            WaitState::Idle => {}
-        }
-        consumer.wait = WaitState::Idle;
-        previous
-    }
-
-    fn register(&mut self, consumer: &mut Consumer) {
-        self.reset(consumer);
-        consumer.wait = WaitState::Waiting;
-        self.waiting += 1;
-    }
-
-    /// Wakes a waiting consumer; does nothing to one that is not waiting or was woken already.
-    fn wake(&mut self, consumer: &mut Consumer) -> bool {
-        if consumer.wait != WaitState::Waiting {
-            return false;
-        }
-        consumer.wait = WaitState::Woken;
-        self.waiting -= 1;
-        self.woken += 1;
-        consumer.notify.notify_one();
-        true
-    }
-}
-
-/// Which consumer a key is bound to while it has messages outstanding there.
-#[derive(Debug)]
-struct KeyOwner {
-    slot: usize,
-    outstanding: usize,
 }
 
 /// One named subscription of a topic.
@@ -494,7 +430,7 @@ impl SubState {
 
     /// Wakes waiting consumers that can now take something.
     pub(super) fn wake_ready(&mut self, log: &mut Log, sole: bool) {
-        if self.waiters.waiting == 0 {
+        if self.waiters.waiting() == 0 {
             return;
         }
         match self.kind {
@@ -523,7 +459,7 @@ impl SubState {
         let count = self.live.len();
         let start = self.next_wake;
         for i in 0..count {
-            if available == 0 || self.waiters.waiting == 0 {
+            if available == 0 || self.waiters.waiting() == 0 {
                 break;
             }
             let slot = self.live[(start + i) % count];
@@ -640,98 +576,6 @@ impl SubState {
             }
         }
     }
-
-    /// key_shared: routes every redelivery, then everything unread in the log, to its consumer.
-    fn pump(&mut self, log: &mut Log, sole: bool) {
-        if self.live.is_empty() {
-            return;
-        }
-        for (_, pending) in std::mem::take(&mut self.redeliver) {
-            self.route(pending);
-        }
-        while self.cursor < log.end() {
-            let Some(entry) = read(log, self.cursor, sole) else {
-                break;
-            };
-            self.cursor += 1;
-            self.route(Pending::fresh(entry));
-        }
-    }
-
-    /// key_shared: queues one message for the consumer its key is bound or hashed to. Messages
-    /// without a key promise no order and are spread by position.
-    fn route(&mut self, mut pending: Pending) {
-        let count = self.live.len() as u64;
-        if count == 0 {
-            self.redeliver.insert(pending.entry.pos, pending);
-            return;
-        }
-        if pending.key_digest.is_none() {
-            pending.key_digest = pending
-                .entry
-                .message
-                .key
-                .as_deref()
-                .map(|key| KeyDigest::default().hash_one(key));
-        }
-        let slot = match pending.key_digest {
-            Some(digest) => {
-                let hashed = self.live[(digest % count) as usize];
-                let owner = self.key_owners.entry(digest).or_insert(KeyOwner {
-                    slot: hashed,
-                    outstanding: 0,
-                });
-                owner.outstanding += 1;
-                owner.slot
-            }
-            None => self.live[(pending.entry.pos % count) as usize],
-        };
-        match self.consumers.get_mut(slot) {
-            Some(Some(c)) => {
-                // A redelivery is older than what the queue may hold already: keep log order.
-                if c.queue
-                    .back()
-                    .is_some_and(|last| last.entry.pos > pending.entry.pos)
-                {
-                    let at = c.queue.partition_point(|p| p.entry.pos < pending.entry.pos);
-                    c.queue.insert(at, pending);
-                } else {
-                    c.queue.push_back(pending);
-                }
-                self.queued += 1;
-            }
-            // Owners are always attached (detach removes its keys); keep the message regardless.
-            _ => {
-                release(&mut self.key_owners, pending.key_digest);
-                self.redeliver.insert(pending.entry.pos, pending);
-            }
-        }
-    }
-
-    /// key_shared: takes back every queued message so that it is routed again.
-    fn unroute_queued(&mut self) {
-        for c in self.consumers.iter_mut().flatten() {
-            for pending in c.queue.drain(..) {
-                release(&mut self.key_owners, pending.key_digest);
-                self.redeliver.insert(pending.entry.pos, pending);
-            }
-        }
-        self.queued = 0;
-    }
-
-    /// key_shared: wakes waiting consumers that have queued messages and room for them.
-    fn wake_queued(&mut self) {
-        if self.waiters.waiting == 0 {
-            return;
-        }
-        for &slot in &self.live {
-            if let Some(Some(c)) = self.consumers.get_mut(slot) {
-                if !c.queue.is_empty() && c.room() > 0 {
-                    self.waiters.wake(c);
-                }
-            }
-        }
-    }
 }
 
 /// Reads the entry at `cursor`. The only subscription, reading at the front, moves the entry out
@@ -768,17 +612,4 @@ fn deliver(
             deadline,
         },
     );
-}
-
-/// Counts one outstanding message of a key as settled; the key is free once none is left.
-fn release(owners: &mut FastMap<u64, KeyOwner>, digest: Option<u64>) {
-    let Some(digest) = digest else {
-        return;
-    };
-    if let Some(owner) = owners.get_mut(&digest) {
-        owner.outstanding = owner.outstanding.saturating_sub(1);
-        if owner.outstanding == 0 {
-            owners.remove(&digest);
-        }
-    }
 }
