@@ -1,6 +1,15 @@
-//! Broker backends.
+//! Broker backends, one module per backend, none referring to another.
+//!
+//! - [`memory`]: the embedded in-process broker, the default, so that `cargo run` and `cargo test`
+//!   need nothing installed.
+//! - `pulsar` (feature `pulsar`): Apache Pulsar through pulsar-rs.
+//! - `valkey` (feature `valkey`): Valkey or Redis streams.
+//! - `mqtt` (feature `mqtt`): an MQTT 5 broker through rumqttc.
 
+pub mod memory;
 #[cfg(feature = "pulsar")]
 pub mod pulsar;
+
+pub use memory::{MemoryBroker, MemoryBrokerOptions};
 #[cfg(feature = "pulsar")]
 pub use self::pulsar::{PulsarBroker, PulsarOptions};
