@@ -1,1 +1,4 @@
 //! Broker backends.
+
+#[cfg(feature = "valkey")]
+pub mod valkey;
