@@ -754,3 +754,58 @@ async fn survives_a_broker_restart_mid_stream_without_loss() {
         resumed - restarted
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn speaks_tls_with_a_password() {
+    let Some(server) = RedisServer::start_tls_with_password("s3cret-pass") else {
+        return;
+    };
+    assert!(server.url().starts_with("rediss://:s3cret-pass@"));
+    // `#insecure` in the URL skips the certificate check ...
+    let broker = connect(&server).await;
+    // ... and trusting the server's own certificate verifies it.
+    let verified = ValkeyOptions {
+        url: server.url().replace("/#insecure", ""),
+        tls_ca_file: server.tls_ca_certificate(),
+        ..options(&server)
+    };
+    let verified = ValkeyBroker::connect(verified).await.expect("verified TLS");
+    verified
+        .publish(
+            &topic("tls"),
+            Message::new("verified").with_property("n", "-1"),
+        )
+        .await
+        .expect("publish over verified TLS");
+    // Without that trust, verification fails: the check is real.
+    let untrusted = ValkeyOptions {
+        url: server.url().replace("/#insecure", ""),
+        ..options(&server)
+    };
+    assert!(ValkeyBroker::connect(untrusted).await.is_err());
+    assert!(
+        !format!("{broker:?}").contains("s3cret"),
+        "the password stays out of logs"
+    );
+    let topic = topic("tls");
+    broker
+        .publish(&topic, Message::new("secret").with_property("n", "0"))
+        .await
+        .expect("publish over TLS");
+    let sub = subscribe(&broker, &topic, "g", "c").await;
+    let got = receive_n(&*sub, 2, Duration::from_secs(5)).await;
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].payload().as_ref(), b"verified");
+    assert_eq!(got[1].payload().as_ref(), b"secret");
+    sub.ack(ids(&got)).await.expect("ack");
+
+    // A wrong password is refused at once, and not as a transient error.
+    let wrong = ValkeyOptions {
+        url: server.url().replace("s3cret-pass", "wrong"),
+        ..options(&server)
+    };
+    match ValkeyBroker::connect(wrong).await {
+        Ok(_) => panic!("a wrong password must be refused"),
+        Err(error) => assert!(!error.is_transient(), "{error}"),
+    }
+}

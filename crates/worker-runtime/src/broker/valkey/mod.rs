@@ -34,6 +34,7 @@ mod subscription;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -58,6 +59,9 @@ pub struct ValkeyOptions {
     /// `redis://[:password@]host:port[/db]`, or `rediss://…` for TLS (`…/#insecure` skips
     /// certificate checks). User names work too: `redis://user:password@host`.
     pub url: String,
+    /// For `rediss://`: a PEM file of the certificate authority to trust instead of the system's
+    /// roots (a private CA, or a self-signed server certificate).
+    pub tls_ca_file: Option<PathBuf>,
     /// How long a delivery may stay unacknowledged at a consumer that stopped renewing its lease
     /// (a dead one) before a live consumer takes it over. Live consumers renew theirs every quarter
     /// of this, so a slow handler does not lose its message.
@@ -92,6 +96,7 @@ impl Default for ValkeyOptions {
     fn default() -> Self {
         ValkeyOptions {
             url: "redis://127.0.0.1:6379".to_owned(),
+            tls_ca_file: None,
             visibility_timeout: Duration::from_secs(30),
             block_timeout: Duration::from_secs(2),
             operation_timeout: Duration::from_secs(5),
@@ -108,6 +113,7 @@ impl fmt::Debug for ValkeyOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ValkeyOptions")
             .field("url", &redact(&self.url))
+            .field("tls_ca_file", &self.tls_ca_file)
             .field("visibility_timeout", &self.visibility_timeout)
             .field("block_timeout", &self.block_timeout)
             .field("operation_timeout", &self.operation_timeout)
@@ -129,6 +135,24 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// The client for `options.url`, trusting `options.tls_ca_file` if one is given.
+fn client_for(options: &ValkeyOptions) -> Result<redis::Client, BrokerError> {
+    let invalid_url =
+        |e| BrokerError::backend(BACKEND, format!("invalid url {}", redact(&options.url)), e);
+    let Some(path) = &options.tls_ca_file else {
+        return redis::Client::open(options.url.as_str()).map_err(invalid_url);
+    };
+    let root_cert = std::fs::read(path).map_err(|e| {
+        let message = format!("cannot read tls_ca_file {}", path.display());
+        BrokerError::backend(BACKEND, message, e)
+    })?;
+    let certificates = redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(root_cert),
+    };
+    redis::Client::build_with_tls(options.url.as_str(), certificates).map_err(invalid_url)
+}
+
 /// A broker on a Valkey or Redis (≥ 6.2) server. See the module docs for how it maps topics,
 /// subscriptions and acknowledgements.
 pub struct ValkeyBroker {
@@ -146,9 +170,7 @@ impl ValkeyBroker {
             // installed one already, which is as good.
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let client = redis::Client::open(options.url.as_str()).map_err(|e| {
-            BrokerError::backend(BACKEND, format!("invalid url {}", redact(&options.url)), e)
-        })?;
+        let client = client_for(&options)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(options.connect_timeout))
             .set_response_timeout(Some(options.operation_timeout))

@@ -224,7 +224,8 @@ impl Inner {
             .arg("COUNT")
             .arg(max)
             .arg("BLOCK")
-            .arg(millis(options.block_timeout))
+            // `BLOCK 0` would wait forever.
+            .arg(millis(options.block_timeout).max(1))
             .arg("STREAMS")
             .arg(&self.keys.stream)
             .arg(">");
