@@ -59,13 +59,19 @@ async fn run(server: &RedisServer) -> anyhow::Result<()> {
     while let Some(result) = tasks.join_next().await {
         result??;
     }
-    report(&format!("publish, {IN_FLIGHT} in flight"), started.elapsed());
+    report(
+        &format!("publish, {IN_FLIGHT} in flight"),
+        started.elapsed(),
+    );
 
     // Drain the backlog: receive in batches, ack each batch with one XACK.
     let sub = broker.subscribe(options_for(&topic)).await?;
     let started = Instant::now();
     let drained = drain(&*sub, COUNT).await?;
-    report(&format!("drain {drained}, batches of {BATCH}"), started.elapsed());
+    report(
+        &format!("drain {drained}, batches of {BATCH}"),
+        started.elapsed(),
+    );
     sub.close().await?;
 
     // Publish and consume at once.
@@ -88,7 +94,10 @@ async fn run(server: &RedisServer) -> anyhow::Result<()> {
         result??;
     }
     let consumed = consumer.await??;
-    report(&format!("publish + consume {consumed} at once"), started.elapsed());
+    report(
+        &format!("publish + consume {consumed} at once"),
+        started.elapsed(),
+    );
     Ok(())
 }
 

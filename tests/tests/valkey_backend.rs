@@ -594,21 +594,113 @@ async fn declares_its_capabilities_and_refuses_what_it_cannot_do() {
     let caps = broker.capabilities();
     assert_eq!(broker.name(), "valkey");
     assert!(caps.durable && caps.history && caps.nack_redelivery && caps.redelivers_abandoned);
+    assert!(caps.key_ordering);
     assert_eq!(caps.delayed_delivery, DelayedDelivery::Native);
-    assert_eq!(caps.consumer_types, &[ConsumerType::Shared]);
-    for kind in [
-        ConsumerType::KeyShared,
-        ConsumerType::Failover,
-        ConsumerType::Exclusive,
-    ] {
-        let mut options = subscription(&topic("caps"), "g", "c");
-        options.consumer_type = kind;
-        match broker.subscribe(options).await {
-            Err(BrokerError::Unsupported { .. }) => {}
-            Err(other) => panic!("{kind:?}: expected Unsupported, got {other}"),
-            Ok(_) => panic!("{kind:?}: expected Unsupported, got a subscription"),
-        }
+    assert_eq!(
+        caps.consumer_types,
+        &[
+            ConsumerType::Shared,
+            ConsumerType::Failover,
+            ConsumerType::Exclusive
+        ]
+    );
+    let mut options = subscription(&topic("caps"), "g", "c");
+    options.consumer_type = ConsumerType::KeyShared;
+    match broker.subscribe(options).await {
+        Err(BrokerError::Unsupported { .. }) => {}
+        Err(other) => panic!("expected Unsupported, got {other}"),
+        Ok(_) => panic!("expected Unsupported, got a subscription"),
     }
+}
+
+fn ordered(topic: &Topic, kind: ConsumerType, consumer: &str) -> SubscribeOptions {
+    SubscribeOptions {
+        consumer_type: kind,
+        ..subscription(topic, "ordered", consumer)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exclusive_subscription_admits_one_consumer() {
+    let server = server!();
+    let broker = connect(&server).await;
+    let topic = topic("exclusive");
+    let first = broker
+        .subscribe(ordered(&topic, ConsumerType::Exclusive, "first"))
+        .await
+        .expect("the first exclusive consumer");
+    match broker
+        .subscribe(ordered(&topic, ConsumerType::Exclusive, "second"))
+        .await
+    {
+        Err(error) => {
+            assert!(
+                error.to_string().contains("first"),
+                "names the holder: {error}"
+            );
+        }
+        Ok(_) => panic!("a second exclusive consumer must be refused"),
+    }
+    // A worker restarted under the same name (the old one died) gets its subscription back.
+    drop(first);
+    let again = broker
+        .subscribe(ordered(&topic, ConsumerType::Exclusive, "first"))
+        .await
+        .expect("the same consumer again");
+    broker
+        .publish(&topic, Message::new("x").with_property("n", "0"))
+        .await
+        .expect("publish");
+    let got = receive_n(&*again, 1, Duration::from_secs(5)).await;
+    assert_eq!(got.len(), 1);
+    again.ack(ids(&got)).await.expect("ack");
+    // Once it closes, another consumer may subscribe.
+    again.close().await.expect("close");
+    broker
+        .subscribe(ordered(&topic, ConsumerType::Exclusive, "second"))
+        .await
+        .expect("another consumer after close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_keeps_one_active_consumer_and_the_order_across_a_takeover() {
+    let server = server!();
+    let broker = connect(&server).await;
+    let topic = topic("failover");
+    let active = broker
+        .subscribe(ordered(&topic, ConsumerType::Failover, "active"))
+        .await
+        .expect("subscribe");
+    let standby = broker
+        .subscribe(ordered(&topic, ConsumerType::Failover, "standby"))
+        .await
+        .expect("subscribe");
+    for n in 0..20 {
+        let message = Message::new("x")
+            .with_property("n", format!("{n:02}"))
+            .with_key(format!("k{}", n % 3));
+        broker.publish(&topic, message).await.expect("publish");
+    }
+    // Only the active consumer reads, in publish order.
+    let first = receive_n(&*active, 8, Duration::from_secs(5)).await;
+    let tags: Vec<String> = first.iter().map(tag).collect();
+    let expected: Vec<String> = (0..8).map(|n| format!("{n:02}")).collect();
+    assert_eq!(tags, expected);
+    receive_none(&*standby, VISIBILITY * 2).await;
+
+    // It acks five and dies; the standby takes over after the lock expires, and delivers the
+    // three unacked ones first, then the rest, all in order.
+    active.ack(ids(&first[..5])).await.expect("ack");
+    let died = Instant::now();
+    drop(active);
+    let rest = receive_n(&*standby, 15, Duration::from_secs(10)).await;
+    println!("failover took {:?}", died.elapsed());
+    let tags: Vec<String> = rest.iter().map(tag).collect();
+    let expected: Vec<String> = (5..20).map(|n| format!("{n:02}")).collect();
+    assert_eq!(tags, expected);
+    assert!(rest[..3].iter().all(|d| d.redelivery_count >= 1));
+    standby.ack(ids(&rest)).await.expect("ack");
+    receive_none(&*standby, Duration::from_millis(300)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,8 +16,10 @@
 //! - **Durability** is the server's: acknowledged publishes survive a restart with `appendonly yes`
 //!   (and survive a machine crash with `appendfsync always`). Without AOF the backend still
 //!   recovers (groups are re-created), but a restart loses data.
-//! - Only [`ConsumerType::Shared`] subscriptions exist; the others are refused with
-//!   [`BrokerError::Unsupported`] (streams cannot pin keys to consumers).
+//! - **Consumer types**: shared natively (the group spreads entries over its consumers);
+//!   failover and exclusive through a lock key that elects one active consumer (see the
+//!   `ownership` module), which reads the stream in order. Key-shared is refused with
+//!   [`BrokerError::Unsupported`]: a stream cannot pin keys to consumers.
 //!
 //! The `redis` crate is used rather than `fred`: it is the protocol's reference client, its
 //! `ConnectionManager` reconnects by itself, `Script` reloads Lua after a restart, and with rustls
@@ -28,6 +30,7 @@ mod codec;
 mod delayed;
 mod maintenance;
 mod naming;
+mod ownership;
 mod scripts;
 mod subscription;
 
@@ -234,8 +237,13 @@ impl Broker for ValkeyBroker {
             durable: true,
             delayed_delivery: DelayedDelivery::Native,
             history: true,
-            consumer_types: &[ConsumerType::Shared],
-            key_ordering: false,
+            consumer_types: &[
+                ConsumerType::Shared,
+                ConsumerType::Failover,
+                ConsumerType::Exclusive,
+            ],
+            // One active reader in stream order on failover and exclusive subscriptions.
+            key_ordering: true,
             nack_redelivery: true,
             redelivers_abandoned: true,
             // The server's default `proto-max-bulk-len`.
@@ -279,13 +287,11 @@ impl Broker for ValkeyBroker {
         options: SubscribeOptions,
     ) -> BoxFuture<'a, Result<Box<dyn Subscription>, BrokerError>> {
         Box::pin(async move {
-            if options.consumer_type != ConsumerType::Shared {
+            if options.consumer_type == ConsumerType::KeyShared {
                 return Err(BrokerError::Unsupported {
                     backend: BACKEND,
-                    feature: format!(
-                        "{} subscriptions (only shared ones)",
-                        options.consumer_type.as_str()
-                    ),
+                    feature: "key_shared subscriptions (shared, failover and exclusive ones only)"
+                        .to_owned(),
                 });
             }
             let subscription = ValkeySubscription::open(Arc::clone(&self.shared), options).await?;

@@ -5,6 +5,9 @@
 //! | `persistent://t/ns/q`, `q1/t/ns/q`, `q2/t/ns/q` | `wr:{t/ns/q}` | `wr:{t/ns/q}:delayed` |
 //! | `non-persistent://t/ns/q`, `q0/t/ns/q` | `wr:np:{t/ns/q}` | `wr:np:{t/ns/q}:delayed` |
 //!
+//! A failover or exclusive subscription `g` also has a lock, `<stream>:owner:g`, naming its active
+//! consumer (see the `ownership` module).
+//!
 //! - The neutral and the Pulsar forms of a durable topic name the same stream, as they name the same
 //!   Pulsar topic. Best-effort topics get the `np:` marker only so that they stay distinct topics
 //!   (as in Pulsar); they are streams too, so best effort is upgraded to at least once.
@@ -33,6 +36,11 @@ impl TopicKeys {
         let delayed = format!("{stream}:delayed");
         TopicKeys { stream, delayed }
     }
+
+    /// The lock naming the active consumer of a failover or exclusive subscription `group`.
+    pub fn owner(&self, group: &str) -> String {
+        format!("{}:owner:{group}", self.stream)
+    }
 }
 
 #[cfg(test)]
@@ -48,6 +56,7 @@ mod tests {
         let persistent = keys("persistent://prod/ingest/raw-data");
         assert_eq!(persistent.stream, "wr:{prod/ingest/raw-data}");
         assert_eq!(persistent.delayed, "wr:{prod/ingest/raw-data}:delayed");
+        assert_eq!(persistent.owner("g"), "wr:{prod/ingest/raw-data}:owner:g");
         assert_eq!(keys("q1/prod/ingest/raw-data"), persistent);
         assert_eq!(keys("q2/prod/ingest/raw-data"), persistent);
     }

@@ -127,3 +127,30 @@ return redis.call('XTRIM', KEYS[1], 'MINID', string.format('%.0f-%.0f', min_ms, 
 "#,
     )
 });
+
+/// Takes or keeps the ownership lock of a failover or exclusive subscription: succeeds when the
+/// lock is free, already this token's, or held by an earlier run of the same consumer (a worker
+/// restarted under its name), and then (re)sets it with the TTL. KEYS: lock. ARGV: token, TTL
+/// (ms), consumer name; a token is `<32 hex>@<consumer>`. Returns 1, or the holder's token.
+pub(super) static ACQUIRE_OWNERSHIP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] and string.sub(holder, 34) ~= ARGV[3] then
+  return holder
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"#,
+    )
+});
+
+/// Drops the ownership lock if this token holds it. KEYS: lock. ARGV: token.
+pub(super) static RELEASE_OWNERSHIP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#,
+    )
+});

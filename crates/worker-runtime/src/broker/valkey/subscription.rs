@@ -24,10 +24,12 @@ use redis::aio::MultiplexedConnection;
 use redis::Value;
 use tokio_util::sync::CancellationToken;
 use worker_core::{
-    BoxFuture, BrokerError, Delivery, InitialPosition, MessageId, SubscribeOptions, Subscription,
+    BoxFuture, BrokerError, ConsumerType, Delivery, InitialPosition, MessageId, SubscribeOptions,
+    Subscription,
 };
 
 use super::codec::{self, RawEntry};
+use super::ownership::{Attempt, Ownership};
 use super::{bad_reply, delayed, redis_code, scripts, with_timeout, Shared, TopicKeys, BACKEND};
 
 /// The first and the longest pause before a `receive` tries again after connection trouble.
@@ -51,6 +53,8 @@ struct Inner {
     local: Mutex<Local>,
     reader: tokio::sync::Mutex<Reader>,
     closed: CancellationToken,
+    /// For failover and exclusive subscriptions: whether this consumer is the active one.
+    ownership: Option<Ownership>,
 }
 
 #[derive(Default)]
@@ -86,6 +90,14 @@ impl ValkeySubscription {
         shared
             .ensure_group(&keys.stream, &options.subscription, start)
             .await?;
+        let ownership = match options.consumer_type {
+            ConsumerType::Failover | ConsumerType::Exclusive => Some(Ownership::new(
+                &keys,
+                &options.subscription,
+                &options.consumer_name,
+            )),
+            ConsumerType::Shared | ConsumerType::KeyShared => None,
+        };
         shared.register(&keys);
         let inner = Arc::new(Inner {
             shared,
@@ -102,7 +114,26 @@ impl ValkeySubscription {
                 dirty: true,
             }),
             closed: CancellationToken::new(),
+            ownership,
         });
+        if let Some(ownership) = &inner.ownership {
+            // Become the active consumer at once if nobody is; a standby waits for the keeper.
+            match ownership.attempt(&inner.shared).await? {
+                Attempt::Owner => inner.take_over(ownership).await?,
+                Attempt::HeldBy(holder) if options.consumer_type == ConsumerType::Exclusive => {
+                    let holder = holder.split_once('@').map_or(&*holder, |(_, name)| name);
+                    return Err(BrokerError::Backend {
+                        backend: BACKEND,
+                        message: format!(
+                            "exclusive subscription `{}` on `{}` already has consumer `{holder}`",
+                            inner.group, inner.topic
+                        ),
+                        source: None,
+                    });
+                }
+                Attempt::HeldBy(_) => {}
+            }
+        }
         let keeper = tokio::spawn(keep(Arc::clone(&inner)));
         Ok(ValkeySubscription { inner, keeper })
     }
@@ -152,6 +183,11 @@ impl Inner {
         loop {
             if self.closed.is_cancelled() {
                 return Err(BrokerError::Closed(BACKEND));
+            }
+            if let Some(ownership) = self.ownership.as_ref().filter(|o| !o.is_active()) {
+                // A standby reads nothing until it is elected.
+                ownership.wait_active(&self.closed).await;
+                continue;
             }
             if let Some(batch) = self.take_buffered(max) {
                 return Ok(batch);
@@ -428,6 +464,13 @@ impl Inner {
         let mut reader = self.reader.lock().await;
         reader.connection = None;
         *self.local.lock() = Local::default();
+        if let Some(ownership) = &self.ownership {
+            if let Err(error) = ownership.release(&self.shared).await {
+                // A standby takes over when the lock expires instead.
+                tracing::warn!(stream = %self.keys.stream, %error,
+                    "valkey could not give up the subscription's ownership");
+            }
+        }
         let mut invocation = scripts::RELEASE.prepare_invoke();
         invocation
             .key(&self.keys.stream)
@@ -455,7 +498,7 @@ impl Inner {
     }
 
     /// Resets the idle time of everything held that this consumer still owns on the server, and
-    /// forgets buffered entries it lost.
+    /// forgets what it no longer owns (a buffered entry taken over elsewhere is not delivered).
     async fn renew(&self) -> Result<(), BrokerError> {
         let ids: Vec<Arc<str>> = self.local.lock().held.keys().cloned().collect();
         for chunk in ids.chunks(500) {
@@ -474,9 +517,14 @@ impl Inner {
             let mut local = self.local.lock();
             let mut unbuffer = false;
             for id in lost {
-                if let Some(Held::Buffered) = local.held.get(id.as_str()) {
-                    local.held.remove(id.as_str());
-                    unbuffer = true;
+                match local.held.remove(id.as_str()) {
+                    Some(Held::Buffered) => unbuffer = true,
+                    Some(Held::Handed(_)) => {
+                        // Acked by a receive whose ack future was dropped, or taken over by
+                        // another consumer: either way no longer this consumer's to renew.
+                        tracing::debug!(entry = %id, "valkey delivery no longer held here");
+                    }
+                    None => {}
                 }
             }
             if unbuffer {
@@ -528,8 +576,9 @@ impl Inner {
     }
 }
 
-/// The keeper: renews leases and claims abandoned entries, every quarter of the visibility
-/// timeout, until the subscription closes or drops.
+/// The keeper: keeps or seeks ownership (failover, exclusive), renews leases and claims
+/// abandoned entries, every quarter of the visibility timeout, until the subscription closes or
+/// drops.
 async fn keep(inner: Arc<Inner>) {
     let period = (inner.shared.options.visibility_timeout / 4)
         .clamp(Duration::from_millis(20), Duration::from_secs(5));
@@ -539,8 +588,15 @@ async fn keep(inner: Arc<Inner>) {
             () = inner.closed.cancelled() => return,
             () = tokio::time::sleep(period) => {}
         }
+        if let Some(ownership) = &inner.ownership {
+            inner.keep_ownership(ownership).await;
+        }
         if let Err(error) = inner.renew().await {
             tracing::debug!(stream = %inner.keys.stream, %error, "valkey lease renewal failed");
+        }
+        if inner.ownership.as_ref().is_some_and(|o| !o.is_active()) {
+            // A standby must not take deliveries it may not hand out.
+            continue;
         }
         match inner.claim_abandoned(&mut cursor).await {
             Ok(()) => {}
@@ -553,6 +609,69 @@ async fn keep(inner: Arc<Inner>) {
                 tracing::debug!(stream = %inner.keys.stream, %error, "valkey claim sweep failed");
             }
         }
+    }
+}
+
+impl Inner {
+    /// Renews this consumer's ownership, takes it when free, or steps down when another consumer
+    /// holds it.
+    async fn keep_ownership(&self, ownership: &Ownership) {
+        match ownership.attempt(&self.shared).await {
+            Ok(Attempt::Owner) if ownership.is_active() => {}
+            Ok(Attempt::Owner) => {
+                if let Err(error) = self.take_over(ownership).await {
+                    tracing::warn!(stream = %self.keys.stream, %error,
+                        "valkey could not take over the subscription; will retry");
+                }
+            }
+            Ok(Attempt::HeldBy(holder)) => {
+                if ownership.is_active() {
+                    tracing::warn!(stream = %self.keys.stream, group = %self.group, %holder,
+                        "valkey subscription ownership lost to another consumer");
+                    ownership.set_active(false);
+                    // What waits in the buffer stays pending; the new owner claims it.
+                    let mut local = self.local.lock();
+                    let Local { buffer, held } = &mut *local;
+                    for delivery in buffer.drain(..) {
+                        held.remove(&held_key(&delivery.id));
+                    }
+                }
+            }
+            // Unknown: the lock's TTL decides, and the next attempt tells.
+            Err(error) => {
+                tracing::debug!(stream = %self.keys.stream, %error, "valkey ownership check failed");
+            }
+        }
+    }
+
+    /// Becomes the active consumer: first claims everything pending in the group, older than
+    /// anything unread, so that it is delivered first and in order.
+    async fn take_over(&self, ownership: &Ownership) -> Result<(), BrokerError> {
+        let batch = self.shared.options.batch_size.max(1);
+        let mut cursor = "0-0".to_owned();
+        loop {
+            let mut cmd = redis::cmd("XAUTOCLAIM");
+            cmd.arg(&self.keys.stream)
+                .arg(&self.group)
+                .arg(&self.consumer)
+                .arg(0)
+                .arg(&cursor)
+                .arg("COUNT")
+                .arg(batch);
+            let reply: Value = self.shared.query("take over pending", &cmd).await?;
+            let (next, entries) =
+                codec::autoclaim_reply(reply).map_err(|e| bad_reply("take over pending", e))?;
+            let entries = entries.into_iter().filter(|e| e.fields.is_some()).collect();
+            self.buffer_with_counts(entries).await?;
+            if next == "0-0" {
+                break;
+            }
+            cursor = next;
+        }
+        tracing::debug!(stream = %self.keys.stream, group = %self.group, consumer = %self.consumer,
+            "valkey consumer is now the subscription's active one");
+        ownership.set_active(true);
+        Ok(())
     }
 }
 
