@@ -544,6 +544,45 @@ async fn a_receive_dropped_after_the_server_delivered_loses_nothing() {
     receive_none(&*sub, Duration::from_millis(500)).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_recovers_when_the_server_lost_its_stream() {
+    let server = server!();
+    let broker = connect(&server).await;
+    let topic = topic("vanish");
+    let sub = subscribe(&broker, &topic, "g", "c").await;
+    broker
+        .publish(&topic, Message::new("x").with_property("n", "0"))
+        .await
+        .expect("publish");
+    let got = receive_n(&*sub, 1, Duration::from_secs(5)).await;
+    sub.ack(ids(&got)).await.expect("ack");
+    // As after a restart without persistence: the stream and its group vanish, here while a
+    // receive is blocked on them.
+    let waiting = tokio::spawn(async move {
+        let got = receive_n(&*sub, 1, Duration::from_secs(5)).await;
+        (sub, got)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let Some(deleted) = server.cli(&["DEL", "wr:{test/valkey/vanish}"]) else {
+        eprintln!("SKIPPED the rest: redis-cli is not installed");
+        return;
+    };
+    assert_eq!(deleted, "1");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    broker
+        .publish(&topic, Message::new("x").with_property("n", "1"))
+        .await
+        .expect("publish");
+    let (sub, got) = waiting.await.expect("receive task");
+    assert_eq!(
+        got.len(),
+        1,
+        "the group is created again and read from the start"
+    );
+    assert_eq!(tag(&got[0]), "1");
+    sub.ack(ids(&got)).await.expect("ack");
+}
+
 /// A small deterministic scramble, so the cancellation points vary without a random crate.
 fn fastrand_like(seed: usize) -> u64 {
     let mut x = seed as u64 ^ 0x9E37_79B9_7F4A_7C15;

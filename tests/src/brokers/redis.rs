@@ -104,6 +104,20 @@ impl RedisServer {
         self.tls.then(|| self.process.dir().join("ca.pem"))
     }
 
+    /// Runs one command through `redis-cli` (plain servers only) and returns its output, or
+    /// `None` when `redis-cli` is not installed. For tests that tamper with the server's data.
+    pub fn cli(&self, args: &[&str]) -> Option<String> {
+        let program = which("redis-cli")?;
+        let mut command = std::process::Command::new(program);
+        command.args(["-h", "127.0.0.1", "-p", &self.process.port().to_string()]);
+        if let Some(password) = &self.password {
+            command.env("REDISCLI_AUTH", password);
+        }
+        let output = command.args(args).output().expect("run redis-cli");
+        assert!(output.status.success(), "redis-cli {args:?} failed");
+        Some(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    }
+
     /// The port it listens on.
     pub fn port(&self) -> u16 {
         self.process.port()

@@ -429,10 +429,12 @@ fn classify(operation: &'static str, error: RedisError) -> BrokerError {
                     | ServerErrorKind::ClusterDown
             )
         );
+    // The cause goes into the message too: logs that print only the top error still show it.
+    let message = format!("{operation}: {error}");
     if transient {
-        BrokerError::connection(BACKEND, operation, error)
+        BrokerError::connection(BACKEND, message, error)
     } else {
-        BrokerError::backend(BACKEND, operation, error)
+        BrokerError::backend(BACKEND, message, error)
     }
 }
 

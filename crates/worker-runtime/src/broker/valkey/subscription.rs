@@ -199,9 +199,10 @@ impl Inner {
             };
             match step {
                 Ok(()) => pause = RETRY_MIN,
-                Err(error) if redis_code(&error) == Some("NOGROUP") => {
+                Err(error) if matches!(redis_code(&error), Some("NOGROUP" | "UNBLOCKED")) => {
                     // The server lost the group (restarted without persistence, or the key was
-                    // deleted): create it again, from the start of whatever the stream holds.
+                    // deleted, which also ends a blocked read with UNBLOCKED): create it again,
+                    // from the start of whatever the stream holds.
                     tracing::warn!(stream = %self.keys.stream, group = %self.group,
                         "valkey consumer group vanished; creating it again");
                     reader.connection = None;
