@@ -5,8 +5,10 @@
 //! `REQUIRE_BROKERS=1` (as CI sets) it panics instead.
 
 mod process;
+mod redis;
 
 pub use process::{free_port, wait_for_port, BrokerProcess};
+pub use redis::RedisServer;
 
 /// Decides what to do when a broker binary is missing: returns `false` (skip, after printing why)
 /// unless `REQUIRE_BROKERS=1`, in which case it panics naming the binary.

@@ -39,7 +39,7 @@ struct VerifiedClaims {
 #[derive(Serialize)]
 struct SignedClaims<'a> {
     sub: &'a str,
-    roles: &'a [String],
+    roles: &'a [&'a str],
     iat: u64,
     exp: u64,
 }
@@ -160,10 +160,10 @@ impl Hs256Signer {
 
     /// A token for `subject` holding `roles`, valid from now for `ttl` (rounded down to whole
     /// seconds).
-    pub fn sign(
+    pub fn sign<R: AsRef<str>>(
         &self,
         subject: &str,
-        roles: &[String],
+        roles: &[R],
         ttl: Duration,
     ) -> Result<String, SignError> {
         let now = SystemTime::now();
@@ -172,15 +172,16 @@ impl Hs256Signer {
 
     /// A token for `subject` holding `roles` that expires at `expires_at` (which may be in the past,
     /// to test expiry).
-    pub fn sign_until(
+    pub fn sign_until<R: AsRef<str>>(
         &self,
         subject: &str,
-        roles: &[String],
+        roles: &[R],
         expires_at: SystemTime,
     ) -> Result<String, SignError> {
+        let roles: Vec<&str> = roles.iter().map(AsRef::as_ref).collect();
         let claims = SignedClaims {
             sub: subject,
-            roles,
+            roles: &roles,
             iat: unix_seconds(SystemTime::now()),
             exp: unix_seconds(expires_at),
         };

@@ -9,7 +9,11 @@
 pub mod memory;
 #[cfg(feature = "pulsar")]
 pub mod pulsar;
+#[cfg(feature = "valkey")]
+pub mod valkey;
 
 pub use memory::{MemoryBroker, MemoryBrokerOptions};
 #[cfg(feature = "pulsar")]
 pub use self::pulsar::{PulsarBroker, PulsarOptions};
+#[cfg(feature = "valkey")]
+pub use self::valkey::{ValkeyBroker, ValkeyOptions};

@@ -1,0 +1,326 @@
+//! Messages to stream entry fields and back, and the parsing of stream replies.
+//!
+//! An entry has up to four fields, each binary safe:
+//!
+//! | field | value | when |
+//! |---|---|---|
+//! | `payload` | the payload bytes, raw | always |
+//! | `props` | the properties as one JSON object (`{"name":"value",…}`) | if there are any |
+//! | `key` | the key | if set |
+//! | `published` | publish time, decimal milliseconds since the Unix epoch | always |
+//!
+//! All properties sit in one JSON field rather than one stream field each, so that no property
+//! name, whatever it is, can collide with the message's own fields. An entry written by another
+//! program (no `payload` field) is still delivered: with an empty payload and its fields as
+//! properties, so that the runtime can dead-letter it instead of wedging on it.
+//!
+//! A message waiting for its [`Message::deliver_at`] is one member of a sorted set: a 32-character
+//! unique prefix (two identical messages must stay two members), then each field name and value as
+//! `<decimal length>:<bytes>`. The Lua mover in `scripts.rs` parses that form back into fields.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use redis::Value;
+use worker_core::{BrokerError, Delivery, Message, MessageId, Properties};
+
+use super::BACKEND;
+
+const PAYLOAD: &str = "payload";
+const PROPS: &str = "props";
+const KEY: &str = "key";
+const PUBLISHED: &str = "published";
+
+/// The length of the unique prefix of a delayed member (a simple-format UUID).
+pub(super) const MEMBER_PREFIX_LEN: usize = 32;
+
+/// The fields of one entry, borrowing the payload rather than copying it.
+pub(super) type Fields<'a> = Vec<(&'static str, Cow<'a, [u8]>)>;
+
+/// The fields that store `message`, published at `published_ms`.
+pub(super) fn encode(message: &Message, published_ms: u64) -> Result<Fields<'_>, BrokerError> {
+    let mut fields: Fields<'_> = Vec::with_capacity(4);
+    fields.push((PAYLOAD, Cow::Borrowed(&message.payload[..])));
+    if !message.properties.is_empty() {
+        let json = serde_json::to_vec(&message.properties).map_err(|e| BrokerError::Rejected {
+            backend: BACKEND,
+            reason: format!("properties cannot be encoded as JSON: {e}"),
+        })?;
+        fields.push((PROPS, Cow::Owned(json)));
+    }
+    if let Some(key) = &message.key {
+        fields.push((KEY, Cow::Borrowed(key.as_bytes())));
+    }
+    fields.push((PUBLISHED, Cow::Owned(published_ms.to_string().into_bytes())));
+    Ok(fields)
+}
+
+/// The sorted-set member that holds a delayed message: `unique` (exactly [`MEMBER_PREFIX_LEN`]
+/// bytes) followed by every field name and value as `<len>:<bytes>`.
+pub(super) fn delayed_member(unique: &str, fields: &Fields<'_>) -> Vec<u8> {
+    debug_assert_eq!(unique.len(), MEMBER_PREFIX_LEN);
+    let size = fields
+        .iter()
+        .map(|(n, v)| n.len() + v.len() + 24)
+        .sum::<usize>();
+    let mut member = Vec::with_capacity(unique.len() + size);
+    member.extend_from_slice(unique.as_bytes());
+    for (name, value) in fields {
+        for part in [name.as_bytes(), &value[..]] {
+            member.extend_from_slice(part.len().to_string().as_bytes());
+            member.push(b':');
+            member.extend_from_slice(part);
+        }
+    }
+    member
+}
+
+/// Milliseconds since the Unix epoch (0 for times before it).
+pub(super) fn unix_millis(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// One stream entry as a reply carries it. `fields` is `None` for an entry that is still pending
+/// but was deleted from the stream (trimmed or `XDEL`ed).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct RawEntry {
+    pub id: String,
+    pub fields: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+}
+
+/// The entries of an `XREADGROUP` reply for one stream; empty when the read timed out.
+pub(super) fn read_reply(value: Value) -> Result<Vec<RawEntry>, String> {
+    match value {
+        Value::Nil => Ok(Vec::new()),
+        // RESP2: [[stream, [entry, …]], …]
+        Value::Array(streams) => {
+            let mut all = Vec::new();
+            for stream in streams {
+                let Value::Array(pair) = stream else {
+                    return Err("a stream of the reply is not an array".into());
+                };
+                let mut pair = pair.into_iter();
+                let (Some(_name), Some(entries)) = (pair.next(), pair.next()) else {
+                    return Err("a stream of the reply is not [name, entries]".into());
+                };
+                all.extend(entry_list(entries)?);
+            }
+            Ok(all)
+        }
+        // RESP3: {stream: [entry, …], …}
+        Value::Map(streams) => {
+            let mut all = Vec::new();
+            for (_name, entries) in streams {
+                all.extend(entry_list(entries)?);
+            }
+            Ok(all)
+        }
+        other => Err(format!("unexpected read reply {other:?}")),
+    }
+}
+
+/// The next cursor and the claimed entries of an `XAUTOCLAIM` reply.
+pub(super) fn autoclaim_reply(value: Value) -> Result<(String, Vec<RawEntry>), String> {
+    let Value::Array(parts) = value else {
+        return Err(format!("unexpected autoclaim reply {value:?}"));
+    };
+    let mut parts = parts.into_iter();
+    let (Some(cursor), Some(entries)) = (parts.next(), parts.next()) else {
+        return Err("autoclaim reply is not [cursor, entries, …]".into());
+    };
+    let cursor = text(cursor).ok_or("autoclaim cursor is not text")?;
+    Ok((cursor, entry_list(entries)?))
+}
+
+fn entry_list(value: Value) -> Result<Vec<RawEntry>, String> {
+    let Value::Array(entries) = value else {
+        return Err(format!("entries are not an array: {value:?}"));
+    };
+    entries.into_iter().map(entry).collect()
+}
+
+fn entry(value: Value) -> Result<RawEntry, String> {
+    let Value::Array(pair) = value else {
+        return Err(format!("an entry is not an array: {value:?}"));
+    };
+    let mut pair = pair.into_iter();
+    let id = pair
+        .next()
+        .and_then(text)
+        .ok_or("an entry has no text id")?;
+    let fields = match pair.next() {
+        None | Some(Value::Nil) => None,
+        Some(Value::Array(flat)) => {
+            let mut fields = Vec::with_capacity(flat.len() / 2);
+            let mut flat = flat.into_iter();
+            while let (Some(name), Some(value)) = (flat.next(), flat.next()) {
+                fields.push((bytes_of(name)?, bytes_of(value)?));
+            }
+            Some(fields)
+        }
+        Some(Value::Map(pairs)) => Some(
+            pairs
+                .into_iter()
+                .map(|(n, v)| Ok((bytes_of(n)?, bytes_of(v)?)))
+                .collect::<Result<_, String>>()?,
+        ),
+        Some(other) => return Err(format!("entry {id} has fields {other:?}")),
+    };
+    Ok(RawEntry { id, fields })
+}
+
+/// A reply value that is text.
+pub(super) fn text(value: Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes).ok(),
+        Value::SimpleString(s) => Some(s),
+        _ => None,
+    }
+}
+
+fn bytes_of(value: Value) -> Result<Vec<u8>, String> {
+    match value {
+        Value::BulkString(bytes) => Ok(bytes),
+        Value::SimpleString(s) => Ok(s.into_bytes()),
+        Value::Int(n) => Ok(n.to_string().into_bytes()),
+        other => Err(format!("a field is not a string: {other:?}")),
+    }
+}
+
+/// The delivery of entry `id` with these fields.
+pub(super) fn decode(
+    topic: &Arc<str>,
+    id: &str,
+    fields: Vec<(Vec<u8>, Vec<u8>)>,
+    redelivery_count: u32,
+) -> Delivery {
+    let mut message = Message::default();
+    let mut published = None;
+    let foreign = !fields.iter().any(|(name, _)| name == PAYLOAD.as_bytes());
+    for (name, value) in fields {
+        if foreign {
+            let name = String::from_utf8_lossy(&name).into_owned();
+            let value = String::from_utf8_lossy(&value).into_owned();
+            message.properties.insert(name, value);
+            continue;
+        }
+        match &name[..] {
+            b"payload" => message.payload = Bytes::from(value),
+            b"props" => match serde_json::from_slice::<Properties>(&value) {
+                Ok(properties) => message.properties = properties,
+                Err(error) => {
+                    tracing::warn!(entry = id, %error, "valkey entry has unreadable properties");
+                }
+            },
+            b"key" => message.key = Some(String::from_utf8_lossy(&value).into_owned()),
+            b"published" => {
+                published = std::str::from_utf8(&value)
+                    .ok()
+                    .and_then(|t| t.parse::<u64>().ok());
+            }
+            _ => {}
+        }
+    }
+    // Entry ids start with the milliseconds at which the server stored them.
+    let published = published.or_else(|| id.split('-').next().and_then(|ms| ms.parse().ok()));
+    Delivery {
+        id: MessageId::from_text(id),
+        topic: Arc::clone(topic),
+        message: Arc::new(message),
+        redelivery_count,
+        publish_time: published.map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flat(fields: &Fields<'_>) -> Vec<(Vec<u8>, Vec<u8>)> {
+        fields
+            .iter()
+            .map(|(n, v)| (n.as_bytes().to_vec(), v.to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn a_message_round_trips_through_its_fields() {
+        let message = Message::new(vec![0u8, 255, 10, 13])
+            .with_property("payload", "not the payload")
+            .with_property("key", "not the key")
+            .with_property("ünï", "{\"json\": true}")
+            .with_key("k-1");
+        let fields = encode(&message, 1_700_000_000_123).expect("encodes");
+        let topic: Arc<str> = Arc::from("q1/a/b/c");
+        let delivery = decode(&topic, "1700000000999-0", flat(&fields), 2);
+        assert_eq!(*delivery.message, message);
+        assert_eq!(delivery.redelivery_count, 2);
+        assert_eq!(delivery.id, MessageId::from_text("1700000000999-0"));
+        assert_eq!(
+            delivery.publish_time,
+            Some(UNIX_EPOCH + Duration::from_millis(1_700_000_000_123))
+        );
+    }
+
+    #[test]
+    fn foreign_entries_become_properties() {
+        let topic: Arc<str> = Arc::from("q1/a/b/c");
+        let fields = vec![(b"temp".to_vec(), b"21".to_vec())];
+        let delivery = decode(&topic, "5-0", fields, 0);
+        assert!(delivery.payload().is_empty());
+        assert_eq!(delivery.property("temp"), Some("21"));
+        assert_eq!(
+            delivery.publish_time,
+            Some(UNIX_EPOCH + Duration::from_millis(5))
+        );
+    }
+
+    #[test]
+    fn delayed_members_are_length_prefixed() {
+        let message = Message::new("a:b").with_key("k");
+        let fields = encode(&message, 7).expect("encodes");
+        let member = delayed_member(&"0".repeat(32), &fields);
+        let expected = format!("{}7:payload3:a:b3:key1:k9:published1:7", "0".repeat(32));
+        assert_eq!(member, expected.into_bytes());
+    }
+
+    #[test]
+    fn read_replies_parse_in_both_protocols() {
+        let entry = |id: &str, fields: Option<Vec<&str>>| {
+            Value::Array(vec![
+                Value::BulkString(id.as_bytes().to_vec()),
+                match fields {
+                    Some(f) => Value::Array(
+                        f.into_iter()
+                            .map(|s| Value::BulkString(s.as_bytes().to_vec()))
+                            .collect(),
+                    ),
+                    None => Value::Nil,
+                },
+            ])
+        };
+        let entries = Value::Array(vec![
+            entry("1-0", Some(vec!["payload", "x"])),
+            entry("2-0", None),
+        ]);
+        let resp2 = Value::Array(vec![Value::Array(vec![
+            Value::BulkString(b"s".to_vec()),
+            entries.clone(),
+        ])]);
+        let resp3 = Value::Map(vec![(Value::BulkString(b"s".to_vec()), entries)]);
+        for reply in [resp2, resp3] {
+            let parsed = read_reply(reply).expect("parses");
+            assert_eq!(parsed.len(), 2);
+            assert_eq!(
+                parsed[0].fields,
+                Some(vec![(b"payload".to_vec(), b"x".to_vec())])
+            );
+            assert_eq!(parsed[1].fields, None);
+        }
+        assert_eq!(read_reply(Value::Nil), Ok(Vec::new()));
+    }
+}
