@@ -195,3 +195,19 @@ async fn print_summary(
         .sum::<f64>();
     println!("\nRate limit: ingest_data waited {waited:.1} s in total for its 5-per-second budget");
 }
+
+/// Without `--demo`: an ordinary worker binary (every `worker_runtime::cli` flag works) that sends
+/// the demo traffic once at start, with the demo key and credits unless told otherwise.
+pub async fn run_worker(args: Vec<String>) -> anyhow::Result<()> {
+    let cli = worker_runtime::cli::parse_from(args).unwrap_or_else(|error| error.exit());
+    let mut extras = worker_runtime::cli::RunExtras::new().credit_ledger(demo_ledger());
+    if cli.jwt_secret.is_none() && cli.jwt_secret_file.is_none() {
+        extras = extras.verifier(Arc::new(Hs256Verifier::new(demo_secret())));
+    }
+    if cli.command.is_none() {
+        let broker = worker_runtime::cli::connect_backend(&cli.backend).await?;
+        send_traffic(&*broker).await?;
+        extras = extras.broker(broker);
+    }
+    worker_runtime::cli::run_with(cli, extras).await
+}

@@ -83,7 +83,7 @@ pub struct Record {
     credit_amount = 2
 )]
 pub async fn write_records(records: Vec<Record>, ctx: TaskContext) -> Result<u64, TaskError> {
-    let who = ctx.principal().map(|p| p.subject.as_str()).unwrap_or("?");
+    let who = ctx.principal().map_or("?", |p| p.subject());
     println!("  wrote {} records for {who}", records.len());
     Ok(records.len() as u64)
 }

@@ -50,22 +50,22 @@ fn worker_for(
     )
 }
 
+static HANDLED: AtomicU32 = AtomicU32::new(0);
+
+#[pulsar_db_task(
+    topic = "q1/test/auth/writes",
+    permission_roles = ["db_writer", "db_admin"],
+    credit_type = "db_credits",
+    credit_amount = 2
+)]
+async fn guarded(_r: Record, ctx: TaskContext) -> Result<(), TaskError> {
+    assert!(ctx.principal().is_some());
+    HANDLED.fetch_add(1, Ordering::SeqCst);
+    Ok(())
+}
+
 #[tokio::test(start_paused = true)]
 async fn only_verified_holders_of_a_permitted_role_reach_the_handler() {
-    static HANDLED: AtomicU32 = AtomicU32::new(0);
-
-    #[pulsar_db_task(
-        topic = "q1/test/auth/writes",
-        permission_roles = ["db_writer", "db_admin"],
-        credit_type = "db_credits",
-        credit_amount = 2
-    )]
-    async fn guarded(_r: Record, ctx: TaskContext) -> Result<(), TaskError> {
-        assert!(ctx.principal().is_some());
-        HANDLED.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
-
     let broker = Arc::new(MemoryBroker::new());
     let ledger = Arc::new(MemoryCreditLedger::new());
     for who in ["alice", "mallory", "eve", "bob", "trent", "nobody"] {
@@ -79,7 +79,11 @@ async fn only_verified_holders_of_a_permitted_role_reach_the_handler() {
             .expect("sign")
     };
     let expired = signer()
-        .sign_expired("eve", &["db_writer"])
+        .sign_until(
+            "eve",
+            &["db_writer"],
+            std::time::SystemTime::now() - Duration::from_secs(60),
+        )
         .expect("sign an expired token");
     let tampered = {
         let good = token("trent", &["reader"]);
@@ -153,26 +157,26 @@ async fn only_verified_holders_of_a_permitted_role_reach_the_handler() {
     }
 }
 
+static CALLS: AtomicU32 = AtomicU32::new(0);
+
+#[pulsar_db_task(
+    topic = "q1/test/credits/writes",
+    permission_roles = ["db_writer"],
+    credit_type = "db_credits",
+    credit_amount = 5,
+    max_retries = 2,
+    retry_delay = "1s"
+)]
+async fn charged(r: Record, ctx: TaskContext) -> Result<u32, TaskError> {
+    CALLS.fetch_add(1, Ordering::SeqCst);
+    if r.always_fail || (r.fail_first && ctx.attempt() == 1) {
+        return Err(TaskError::retryable("database busy"));
+    }
+    Ok(r.id)
+}
+
 #[tokio::test(start_paused = true)]
 async fn credits_are_charged_once_across_retries_and_refunded_from_the_dlq() {
-    static CALLS: AtomicU32 = AtomicU32::new(0);
-
-    #[pulsar_db_task(
-        topic = "q1/test/credits/writes",
-        permission_roles = ["db_writer"],
-        credit_type = "db_credits",
-        credit_amount = 5,
-        max_retries = 2,
-        retry_delay = "1s"
-    )]
-    async fn charged(r: Record, ctx: TaskContext) -> Result<u32, TaskError> {
-        CALLS.fetch_add(1, Ordering::SeqCst);
-        if r.always_fail || (r.fail_first && ctx.attempt() == 1) {
-            return Err(TaskError::retryable("database busy"));
-        }
-        Ok(r.id)
-    }
-
     let broker = Arc::new(MemoryBroker::new());
     let ledger = Arc::new(MemoryCreditLedger::new());
     ledger.set_balance("alice", "db_credits", 100);
@@ -254,23 +258,23 @@ async fn credits_are_charged_once_across_retries_and_refunded_from_the_dlq() {
     assert_eq!((task.succeeded, task.dead_lettered), (1, 2));
 }
 
+static CRASH_CALLS: AtomicU32 = AtomicU32::new(0);
+
+#[pulsar_db_task(
+    topic = "q1/test/credits/crash",
+    permission_roles = ["db_writer"],
+    credit_type = "db_credits",
+    credit_amount = 3,
+    timeout = "1m"
+)]
+async fn crash_charged(_r: Record) -> Result<(), TaskError> {
+    CRASH_CALLS.fetch_add(1, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    Ok(())
+}
+
 #[tokio::test(start_paused = true)]
 async fn credits_are_charged_once_when_a_worker_dies_and_the_message_is_redelivered() {
-    static CALLS: AtomicU32 = AtomicU32::new(0);
-
-    #[pulsar_db_task(
-        topic = "q1/test/credits/crash",
-        permission_roles = ["db_writer"],
-        credit_type = "db_credits",
-        credit_amount = 3,
-        timeout = "1m"
-    )]
-    async fn crash_charged(_r: Record) -> Result<(), TaskError> {
-        CALLS.fetch_add(1, Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        Ok(())
-    }
-
     let broker = Arc::new(MemoryBroker::new());
     let ledger = Arc::new(MemoryCreditLedger::new());
     ledger.set_balance("alice", "db_credits", 30);
@@ -293,7 +297,7 @@ async fn credits_are_charged_once_when_a_worker_dies_and_the_message_is_redelive
     tokio::time::sleep(Duration::from_secs(15)).await;
     let report = worker.stop().await;
     assert_eq!(
-        CALLS.load(Ordering::SeqCst),
+        CRASH_CALLS.load(Ordering::SeqCst),
         4,
         "started by each of the four workers"
     );

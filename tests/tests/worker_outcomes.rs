@@ -215,38 +215,38 @@ async fn the_stable_id_is_kept_across_retries() {
     assert_eq!(dead[0].property(props::ATTEMPT), Some("3"));
 }
 
-#[tokio::test(start_paused = true)]
-async fn retry_delays_follow_the_backoff_and_a_timeout_cancels_on_time() {
-    static STARTS: Mutex<Vec<tokio::time::Instant>> = Mutex::new(Vec::new());
-    static DROPPED_AT: Mutex<Vec<tokio::time::Instant>> = Mutex::new(Vec::new());
+static STARTS: Mutex<Vec<tokio::time::Instant>> = Mutex::new(Vec::new());
+static DROPPED_AT: Mutex<Vec<tokio::time::Instant>> = Mutex::new(Vec::new());
 
-    struct DropClock;
-    impl Drop for DropClock {
-        fn drop(&mut self) {
-            DROPPED_AT
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(tokio::time::Instant::now());
-        }
-    }
-
-    #[pulsar_io_task(
-        topic = "q1/test/outcomes/slow",
-        max_retries = 3,
-        backoff = 2,
-        retry_delay = "1s",
-        timeout = "2s"
-    )]
-    async fn slow(_n: u32) -> Result<(), TaskError> {
-        STARTS
+struct DropClock;
+impl Drop for DropClock {
+    fn drop(&mut self) {
+        DROPPED_AT
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(tokio::time::Instant::now());
-        let _clock = DropClock;
-        tokio::time::sleep(Duration::from_secs(60)).await;
-        Ok(())
     }
+}
 
+#[pulsar_io_task(
+    topic = "q1/test/outcomes/slow",
+    max_retries = 3,
+    backoff = 2,
+    retry_delay = "1s",
+    timeout = "2s"
+)]
+async fn slow(_n: u32) -> Result<(), TaskError> {
+    STARTS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(tokio::time::Instant::now());
+    let _clock = DropClock;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_delays_follow_the_backoff_and_a_timeout_cancels_on_time() {
     let broker = Arc::new(MemoryBroker::new());
     slow::enqueue(&*broker, &1).await.expect("enqueue");
     let worker = RunningWorker::start(Worker::builder().broker(broker.clone()).task(slow::task()));
@@ -282,21 +282,21 @@ async fn retry_delays_follow_the_backoff_and_a_timeout_cancels_on_time() {
     }
 }
 
+static HANDLED: AtomicU32 = AtomicU32::new(0);
+
+#[derive(Serialize, Deserialize)]
+struct Strict {
+    id: u32,
+}
+
+#[pulsar_io_task(topic = "q1/test/outcomes/strict", max_payload_bytes = 1024)]
+async fn strict(_s: Strict) -> Result<(), TaskError> {
+    HANDLED.fetch_add(1, Ordering::SeqCst);
+    Ok(())
+}
+
 #[tokio::test(start_paused = true)]
 async fn undecodable_and_invalid_input_goes_to_the_dlq_and_good_messages_still_flow() {
-    static HANDLED: AtomicU32 = AtomicU32::new(0);
-
-    #[derive(Serialize, Deserialize)]
-    struct Strict {
-        id: u32,
-    }
-
-    #[pulsar_io_task(topic = "q1/test/outcomes/strict", max_payload_bytes = 1024)]
-    async fn strict(_s: Strict) -> Result<(), TaskError> {
-        HANDLED.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
-
     let broker = Arc::new(MemoryBroker::new());
     let topic = Topic::parse("q1/test/outcomes/strict").expect("topic");
     let nested = "[".repeat(10_000) + &"]".repeat(10_000);

@@ -283,7 +283,7 @@ mod tests {
     #[test]
     fn a_token_signed_with_another_key_has_a_bad_signature() {
         let token = Hs256Signer::from_bytes(b"another-secret")
-            .sign("alice", &[], Duration::from_secs(60))
+            .sign::<&str>("alice", &[], Duration::from_secs(60))
             .unwrap();
         assert_eq!(verifier().verify(&token), Err(AuthError::BadSignature));
     }
@@ -308,7 +308,7 @@ mod tests {
     #[test]
     fn expired_and_not_yet_valid_tokens_are_expired() {
         let past = SystemTime::now() - Duration::from_secs(10);
-        let token = signer().sign_until("alice", &[], past).unwrap();
+        let token = signer().sign_until::<&str>("alice", &[], past).unwrap();
         assert_eq!(verifier().verify(&token), Err(AuthError::Expired));
         // Within the leeway it passes.
         let lenient = verifier().with_leeway(Duration::from_secs(30));

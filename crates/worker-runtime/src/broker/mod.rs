@@ -12,8 +12,8 @@ pub mod pulsar;
 #[cfg(feature = "valkey")]
 pub mod valkey;
 
-pub use memory::{MemoryBroker, MemoryBrokerOptions};
 #[cfg(feature = "pulsar")]
 pub use self::pulsar::{PulsarBroker, PulsarOptions};
 #[cfg(feature = "valkey")]
 pub use self::valkey::{ValkeyBroker, ValkeyOptions};
+pub use memory::{MemoryBroker, MemoryBrokerOptions};

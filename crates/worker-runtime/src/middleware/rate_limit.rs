@@ -1,9 +1,14 @@
 //! The per-worker rate limit: at most `messages` started per `window`.
 //!
-//! A generic cell rate algorithm (governor's direct limiter): one permit is replenished every
-//! `window / messages`, and up to `messages` permits can be banked, so a worker that was idle may
-//! start a whole window's worth at once and is then held to the steady rate. Over any span `t` at
-//! most `messages + t / (window / messages)` messages start.
+//! A generic cell rate algorithm (governor's direct limiter) shaped so that the limit holds for
+//! *every* span of length `window`, not just on average: no window of that length ever sees more
+//! than `messages` starts. (A token bucket that banked a whole window's worth would let nearly twice
+//! the limit into one window.)
+//!
+//! Starts are spaced `window / messages` apart. Where that spacing is finer than tokio's timers can
+//! follow (they fire on 1 ms ticks), a waiting worker could not keep up with it, so the limiter
+//! allows a small burst `b` of the starts that fit in two milliseconds and spaces the rest `window / (messages − b + 1)`
+//! apart: a window then holds at most `b − 1 + (messages − b + 1) = messages` starts.
 //!
 //! The limiter reads tokio's clock, not the system's, so that it follows paused time in tests and
 //! its waits are tokio timers.
@@ -37,7 +42,7 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    /// A limiter allowing `limit.messages` per `limit.window`, with a burst of `limit.messages`.
+    /// A limiter allowing `limit.messages` per `limit.window`, evenly spaced.
     ///
     /// The configuration is validated before it gets here; still, so that construction can never
     /// panic, `messages` 0 counts as 1, the replenishment interval `window / messages` is at least
@@ -45,12 +50,10 @@ impl RateLimiter {
     pub fn new(limit: RateLimit) -> Self {
         let messages = NonZeroU32::new(limit.messages).unwrap_or(NonZeroU32::MIN);
         let window = limit.window.min(MAX_WINDOW);
-        // `window / messages` truncates to whole nanoseconds: the rate is at most 1 ns per
-        // message faster than configured.
-        let period = (window / messages.get()).max(Duration::from_nanos(1));
+        let (period, burst) = spacing(window, messages);
         let quota = Quota::with_period(period)
             .unwrap_or_else(|| Quota::per_second(messages))
-            .allow_burst(messages);
+            .allow_burst(burst);
         RateLimiter {
             limiter: Arc::new(governor::RateLimiter::direct_with_clock(quota, TokioClock)),
             limit,
@@ -84,6 +87,26 @@ impl RateLimiter {
             }
         }
     }
+}
+
+/// How late a waiting start may wake: tokio's timers fire on 1 ms ticks, so a sleep ends up to two
+/// ticks after the instant asked for.
+const TIMER_SLACK: Duration = Duration::from_millis(2);
+
+/// The spacing of starts and the burst, such that no span of `window` holds more than `messages`.
+fn spacing(window: Duration, messages: NonZeroU32) -> (Duration, NonZeroU32) {
+    let window_nanos = window.as_nanos();
+    let messages = u128::from(messages.get());
+    let even = window_nanos.div_ceil(messages).max(1);
+    let burst = TIMER_SLACK.as_nanos().div_ceil(even).clamp(1, messages);
+    // Rounding up keeps the rate at or below the configured one.
+    let period = window_nanos.div_ceil(messages - burst + 1).max(1);
+    let period = Duration::from_nanos(u64::try_from(period).unwrap_or(u64::MAX));
+    let burst = u32::try_from(burst)
+        .ok()
+        .and_then(NonZeroU32::new)
+        .unwrap_or(NonZeroU32::MIN);
+    (period, burst)
 }
 
 impl std::fmt::Debug for RateLimiter {
@@ -136,7 +159,6 @@ impl Reference for TokioInstant {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicU32, Ordering};
 
     use tokio::time::{sleep, Instant};
 
@@ -150,21 +172,19 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_burst_of_the_limit_passes_and_the_next_waits_one_interval() {
+    async fn starts_are_spaced_one_interval_apart() {
         let limiter = limiter(5, 1);
-        for _ in 0..5 {
-            assert_eq!(limiter.acquire().await, Duration::ZERO);
-        }
+        assert_eq!(limiter.acquire().await, Duration::ZERO);
         let start = Instant::now();
-        assert_eq!(limiter.acquire().await, Duration::from_millis(200));
-        assert_eq!(start.elapsed(), Duration::from_millis(200));
-        assert_eq!(limiter.acquire().await, Duration::from_millis(200));
+        for _ in 0..4 {
+            assert_eq!(limiter.acquire().await, Duration::from_millis(200));
+        }
+        assert_eq!(start.elapsed(), Duration::from_millis(800));
     }
 
     #[tokio::test(start_paused = true)]
     async fn try_acquire_does_not_wait() {
         let limiter = limiter(2, 1);
-        assert!(limiter.try_acquire());
         assert!(limiter.try_acquire());
         assert!(!limiter.try_acquire());
         sleep(Duration::from_millis(500)).await;
@@ -172,58 +192,130 @@ mod tests {
         assert!(!limiter.try_acquire());
     }
 
+    /// The number of `starts` in the busiest half-open span of length `window`.
+    fn busiest_window(starts: &[Instant], window: Duration) -> usize {
+        starts
+            .iter()
+            .map(|from| {
+                starts
+                    .iter()
+                    .filter(|s| **s >= *from && **s < *from + window)
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn ten_seconds_of_contention_start_at_most_the_burst_plus_the_rate() {
+    async fn under_contention_no_window_holds_more_than_the_limit() {
         let limiter = limiter(5, 1);
-        let started = Arc::new(AtomicU32::new(0));
+        let starts = Arc::new(parking_lot::Mutex::new(Vec::new()));
         let start = Instant::now();
         let mut workers = Vec::new();
         for _ in 0..20 {
             let limiter = limiter.clone();
-            let started = started.clone();
+            let starts = starts.clone();
             workers.push(tokio::spawn(async move {
                 loop {
                     limiter.acquire().await;
-                    if start.elapsed() > Duration::from_secs(10) {
+                    if start.elapsed() >= Duration::from_secs(10) {
                         break;
                     }
-                    started.fetch_add(1, Ordering::SeqCst);
+                    starts.lock().push(Instant::now());
                 }
             }));
         }
         sleep(Duration::from_secs(10)).await;
-        let at_ten_seconds = started.load(Ordering::SeqCst);
         for worker in workers {
             worker.abort();
         }
-        // The burst of 5 at t = 0, then one every 200 ms up to and including t = 10 s.
-        assert!(at_ten_seconds <= 5 * 10 + 5, "{at_ten_seconds} started");
-        assert!(at_ten_seconds >= 5 * 10, "{at_ten_seconds} started");
+        let starts = starts.lock().clone();
+        // One every 200 ms from t = 0 until just before t = 10 s.
+        assert_eq!(starts.len(), 50);
+        assert_eq!(busiest_window(&starts, Duration::from_secs(1)), 5);
     }
 
     #[tokio::test(start_paused = true)]
     async fn five_hundred_per_minute_as_in_the_docs() {
         let limiter = limiter(500, 60);
         let start = Instant::now();
-        for _ in 0..500 {
+        let mut starts = Vec::new();
+        for _ in 0..1000 {
             limiter.acquire().await;
+            starts.push(Instant::now());
         }
-        assert_eq!(start.elapsed(), Duration::ZERO);
-        // Then one every 60 s / 500 = 120 ms.
-        assert_eq!(limiter.acquire().await, Duration::from_millis(120));
-        for _ in 0..499 {
-            limiter.acquire().await;
-        }
-        assert_eq!(start.elapsed(), Duration::from_secs(60));
+        // One every 60 s / 500 = 120 ms.
+        assert_eq!(starts[1] - starts[0], Duration::from_millis(120));
+        assert_eq!(start.elapsed(), Duration::from_millis(120 * 999));
+        assert_eq!(busiest_window(&starts, Duration::from_secs(60)), 500);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_idle_limiter_banks_at_most_one_burst() {
+    async fn a_limit_finer_than_the_timer_still_reaches_its_rate_and_holds() {
+        let limiter = limiter(10_000, 1);
+        let starts = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let start = Instant::now();
+        let mut workers = Vec::new();
+        for _ in 0..8 {
+            let limiter = limiter.clone();
+            let starts = starts.clone();
+            workers.push(tokio::spawn(async move {
+                loop {
+                    limiter.acquire().await;
+                    if start.elapsed() >= Duration::from_secs(2) {
+                        break;
+                    }
+                    starts.lock().push(Instant::now());
+                }
+            }));
+        }
+        sleep(Duration::from_secs(2)).await;
+        for worker in workers {
+            worker.abort();
+        }
+        let starts = starts.lock().clone();
+        assert!(
+            starts.len() >= 19_900,
+            "only {} started in 2 s",
+            starts.len()
+        );
+        // Count per 1 s span starting at each distinct millisecond (starts cluster on timer ticks).
+        let mut ticks: Vec<Instant> = starts.clone();
+        ticks.dedup();
+        let busiest = ticks
+            .iter()
+            .map(|from| {
+                starts
+                    .iter()
+                    .filter(|s| **s >= *from && **s < *from + Duration::from_secs(1))
+                    .count()
+            })
+            .max()
+            .unwrap_or(0);
+        assert!(busiest <= 10_000, "{busiest} starts in one second");
+    }
+
+    #[test]
+    fn spacing_is_even_when_the_timer_can_follow_it() {
+        let five = NonZeroU32::new(5).unwrap();
+        assert_eq!(
+            spacing(Duration::from_secs(1), five),
+            (Duration::from_millis(200), NonZeroU32::MIN)
+        );
+        let many = NonZeroU32::new(10_000).unwrap();
+        let (period, burst) = spacing(Duration::from_secs(1), many);
+        assert_eq!(burst.get(), 20);
+        assert_eq!(
+            period,
+            Duration::from_nanos(1_000_000_000u64.div_ceil(9_981))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_limiter_banks_nothing() {
         let limiter = limiter(3, 1);
         sleep(Duration::from_secs(30)).await;
-        for _ in 0..3 {
-            assert_eq!(limiter.acquire().await, Duration::ZERO);
-        }
+        assert_eq!(limiter.acquire().await, Duration::ZERO);
         assert!(!limiter.try_acquire());
     }
 
@@ -249,9 +341,14 @@ mod tests {
             messages: u32::MAX,
             window: Duration::ZERO,
         });
+        let start = Instant::now();
         for _ in 0..1000 {
-            assert!(instant.try_acquire());
+            instant.acquire().await;
         }
+        assert!(
+            start.elapsed() <= Duration::from_micros(1),
+            "1 ns apart at most"
+        );
         let forever = RateLimiter::new(RateLimit {
             messages: 1,
             window: Duration::MAX,

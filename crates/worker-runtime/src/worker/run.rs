@@ -74,6 +74,9 @@ pub(crate) async fn run_task<T: Task>(run: TaskRun) -> Result<TaskReport, Worker
         abort: Arc::new(CancellationToken::new()),
         unsettled: unsettled_sender,
     });
+    // If this future is dropped (the worker aborted), its handlers stop too, releasing the
+    // subscription so the broker redelivers what they held — as if the process had died.
+    let _abort_handlers_if_dropped = CancellationToken::clone(&dispatch.abort).drop_guard();
     tracing::info!(
         task = T::NAME,
         topic = %env.config.topic,
