@@ -4,8 +4,10 @@
 //! Where a broker binary is missing, [`require`] says so loudly and the test skips; with
 //! `REQUIRE_BROKERS=1` (as CI sets) it panics instead.
 
+mod mosquitto;
 mod process;
 
+pub use mosquitto::Mosquitto;
 pub use process::{free_port, wait_for_port, BrokerProcess};
 
 /// Decides what to do when a broker binary is missing: returns `false` (skip, after printing why)
