@@ -232,6 +232,34 @@ async fn nack_republishes_to_the_group_and_close_gives_back_what_is_unacked() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_consumer_closing_keeps_its_unacked_delivery_in_its_session() {
+    let Some(mosquitto) = Mosquitto::start() else {
+        return;
+    };
+    let broker = broker(&mosquitto).await;
+    let topic = topic("q1/t/ns/last");
+    let sub = subscribe(&broker, &topic, "workers", "c1").await;
+    broker.publish(&topic, numbered(3)).await.expect("publish");
+    let got = receive_n(&*sub, 1, Duration::from_secs(5)).await;
+    assert_eq!(got.len(), 1);
+    // Nobody else reads the group's redelivery topic: close must not wait for one.
+    let started = Instant::now();
+    sub.close().await.expect("close");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "close took {:?}",
+        started.elapsed()
+    );
+    // The same consumer name gets it back from its session.
+    let sub = subscribe(&broker, &topic, "workers", "c1").await;
+    let again = receive_n(&*sub, 1, Duration::from_secs(5)).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(number(&again[0]), 3);
+    ack_all(&*sub, &again).await;
+    sub.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shared_subscription_splits_messages_between_consumers() {
     let Some(mosquitto) = Mosquitto::start() else {
         return;
@@ -425,6 +453,46 @@ async fn a_dead_consumer_keeps_its_messages_and_its_share_until_it_returns() {
         N + 2,
         "nothing lost (message 0 or 1 was c2's first)"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_nobody_subscribed_to_is_not_reported_as_stored() {
+    let Some(mosquitto) = Mosquitto::start() else {
+        return;
+    };
+    let topic = topic("q1/t/ns/nobody");
+    let waiting = MqttBroker::connect(MqttOptions {
+        operation_timeout: Duration::from_secs(1),
+        ..options(&mosquitto)
+    })
+    .await
+    .expect("connect");
+    match waiting.publish(&topic, numbered(0)).await {
+        Err(error @ BrokerError::Timeout { .. }) => {
+            println!("publish without any subscription: {error}");
+            assert!(error.is_transient());
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    // Once a consumer subscribed, the same publish goes through.
+    let sub = subscribe(&waiting, &topic, "workers", "c1").await;
+    waiting.publish(&topic, numbered(1)).await.expect("publish");
+    assert_eq!(receive_n(&*sub, 1, Duration::from_secs(5)).await.len(), 1);
+
+    // Plain MQTT behaviour on request: accepted, and dropped by the broker.
+    let plain = MqttBroker::connect(MqttOptions {
+        wait_for_subscriber: false,
+        ..options(&mosquitto)
+    })
+    .await
+    .expect("connect");
+    plain
+        .publish(
+            &Topic::parse("q1/t/ns/nobody-else").expect("topic"),
+            numbered(2),
+        )
+        .await
+        .expect("accepted although nobody reads it");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

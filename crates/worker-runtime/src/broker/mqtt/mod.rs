@@ -340,7 +340,13 @@ impl Broker for MqttBroker {
                 .inner
                 .publisher(qos)
                 .await?
-                .publish(naming::mqtt_topic(topic), qos, message.payload, properties)
+                .publish(
+                    naming::mqtt_topic(topic),
+                    qos,
+                    message.payload,
+                    properties,
+                    self.inner.options.wait_for_subscriber,
+                )
                 .await?;
             if !confirmed.routed {
                 tracing::debug!(%topic, "no subscription matched; the mqtt broker dropped the message");

@@ -105,15 +105,16 @@ impl Publisher {
     /// Publishes one message and waits until the broker acknowledged it: PUBACK for QoS 1, PUBCOMP
     /// for QoS 2, written to the socket for QoS 0. Gives up after the operation timeout.
     ///
-    /// With [`MqttOptions::wait_for_subscriber`], a QoS 1/2 message that the broker reports as
-    /// matching no subscription (so it went nowhere) is published again, with backoff, until one
-    /// matches or the timeout passes.
+    /// With `wait_for_subscriber`, a QoS 1/2 message that the broker reports as matching no
+    /// subscription (so it went nowhere) is published again, with backoff, until one matches or the
+    /// timeout passes; without it, such a publish returns with [`Confirmed::routed`] false.
     pub(crate) async fn publish(
         &self,
         topic: String,
         qos: QoS,
         payload: Bytes,
         properties: PublishProperties,
+        wait_for_subscriber: bool,
     ) -> Result<Confirmed, BrokerError> {
         let options = &self.shared.options;
         let deadline = Instant::now() + options.operation_timeout;
@@ -122,7 +123,7 @@ impl Publisher {
             let confirmed = self
                 .publish_once(&topic, qos, &payload, &properties, deadline)
                 .await?;
-            if confirmed.routed || qos == QoS::AtMostOnce || !options.wait_for_subscriber {
+            if confirmed.routed || qos == QoS::AtMostOnce || !wait_for_subscriber {
                 return Ok(confirmed);
             }
             let delay = backoff.next_delay();

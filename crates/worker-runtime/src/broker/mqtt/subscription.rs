@@ -200,8 +200,9 @@ impl MqttSubscription {
     }
 
     /// Republishes deliveries to the subscription's redelivery topic, then acknowledges the originals.
-    /// A delivery whose copy was not confirmed stays held and unacknowledged.
-    async fn give_back(&self, seqs: Vec<u64>) -> Result<(), BrokerError> {
+    /// A delivery whose copy was not confirmed, or reached no consumer, stays held and unacknowledged;
+    /// the latter counts as an error only if `unread_is_error`.
+    async fn give_back(&self, seqs: Vec<u64>, unread_is_error: bool) -> Result<(), BrokerError> {
         let taken: Vec<(u64, Held)> = {
             let mut state = self.shared.state.lock();
             let taken: Vec<(u64, Held)> = seqs
@@ -220,13 +221,25 @@ impl MqttSubscription {
         {
             let mut state = self.shared.state.lock();
             for ((seq, mut held), result) in taken.into_iter().zip(results) {
-                match result {
-                    Ok(()) => waits.extend(acknowledge(&mut state, &held)),
-                    Err(error) => {
-                        held.handed_out = true;
-                        state.held.insert(seq, held);
-                        first_error.get_or_insert(error);
+                let error = match result {
+                    Ok(true) => {
+                        waits.extend(acknowledge(&mut state, &held));
+                        continue;
                     }
+                    Ok(false) if !unread_is_error => None,
+                    Ok(false) => Some(BrokerError::Rejected {
+                        backend: "mqtt",
+                        reason: format!(
+                            "no consumer reads the redelivery topic `{}`; the original stays unacknowledged",
+                            self.shared.redelivery_topic
+                        ),
+                    }),
+                    Err(error) => Some(error),
+                };
+                held.handed_out = true;
+                state.held.insert(seq, held);
+                if let Some(error) = error {
+                    first_error.get_or_insert(error);
                 }
             }
         }
@@ -234,7 +247,8 @@ impl MqttSubscription {
         first_error.map_or(Ok(()), Err)
     }
 
-    async fn republish(&self, delivery: &Delivery) -> Result<(), BrokerError> {
+    /// Publishes a copy to the redelivery topic; `Ok(false)` when no consumer session reads it.
+    async fn republish(&self, delivery: &Delivery) -> Result<bool, BrokerError> {
         let shared = &self.shared;
         let properties = codec::encode(
             &delivery.message,
@@ -249,19 +263,12 @@ impl MqttSubscription {
                 shared.topic_qos,
                 delivery.message.payload.clone(),
                 properties,
+                // No waiting: when no other consumer reads the redelivery topic (a closing last
+                // consumer), the original is better kept in this session than retried for long.
+                false,
             )
             .await?;
-        if confirmed.routed {
-            Ok(())
-        } else {
-            Err(BrokerError::Rejected {
-                backend: "mqtt",
-                reason: format!(
-                    "no consumer session holds the redelivery topic `{}`; the copy went nowhere",
-                    shared.redelivery_topic
-                ),
-            })
-        }
+        Ok(confirmed.routed)
     }
 }
 
@@ -340,7 +347,7 @@ impl Subscription for MqttSubscription {
     fn nack(&self, ids: Vec<MessageId>) -> BoxFuture<'_, Result<(), BrokerError>> {
         Box::pin(async move {
             let seqs = ids.iter().filter_map(MessageId::as_u64).collect();
-            self.give_back(seqs).await
+            self.give_back(seqs, true).await
         })
     }
 
@@ -348,7 +355,8 @@ impl Subscription for MqttSubscription {
     /// group like [`Subscription::nack`], and disconnects. The session and its subscription to the
     /// topic stay, so that a consumer restarted under the same name resumes them; meanwhile the broker
     /// queues this consumer's share of new messages there. A delivery whose copy could not be
-    /// published stays in the session, as do messages that arrived during `close`.
+    /// published, or that no other consumer would read (this was the last one), stays in the
+    /// session, as do messages that arrived during `close`.
     fn close(&self) -> BoxFuture<'_, Result<(), BrokerError>> {
         Box::pin(async move {
             let (client, unsubscribed) = {
@@ -376,7 +384,8 @@ impl Subscription for MqttSubscription {
             }
             // Unacknowledged deliveries go back to the group, not only to this session's next life.
             let seqs: Vec<u64> = self.shared.state.lock().held.keys().copied().collect();
-            let given_back = self.give_back(seqs).await;
+            // Without another consumer on the redelivery topic they stay in this session instead.
+            let given_back = self.give_back(seqs, false).await;
             // The connection may have changed meanwhile: disconnect the current one.
             let client = self.shared.state.lock().client.clone();
             if let Some(client) = client {
