@@ -65,6 +65,7 @@
 
 pub mod codec;
 mod connection;
+mod consumer;
 pub mod naming;
 mod publisher;
 mod subscription;

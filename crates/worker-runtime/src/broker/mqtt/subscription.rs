@@ -21,23 +21,20 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::join_all;
 use parking_lot::Mutex;
-use rumqttc::v5::mqttbytes::v5::{
-    DisconnectReasonCode, Filter, Packet, Publish, SubscribeReasonCode,
-};
+use rumqttc::v5::mqttbytes::v5::Publish;
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event, EventLoop};
-use rumqttc::Outgoing;
+use rumqttc::v5::AsyncClient;
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use worker_core::{BoxFuture, BrokerError, Delivery, MessageId, SubscribeOptions, Subscription};
 
-use super::connection::{self, Backoff, ConnectionSpec};
-use super::{codec, naming, Inner};
+use super::connection::ConnectionSpec;
+use super::{codec, consumer, naming, Inner};
 
 /// Room in rumqttc's request channel for subscribe and disconnect requests beside the acks.
 const CHANNEL_SLACK: usize = 16;
 /// How long `close` waits for the DISCONNECT to go out.
-const DISCONNECT_WAIT: Duration = Duration::from_secs(2);
+pub(super) const DISCONNECT_WAIT: Duration = Duration::from_secs(2);
 
 /// One consumer's attachment to an MQTT shared subscription. See the module docs.
 pub struct MqttSubscription {
@@ -46,52 +43,52 @@ pub struct MqttSubscription {
     stopped: Mutex<Option<oneshot::Receiver<()>>>,
 }
 
-struct Shared {
-    spec: ConnectionSpec,
-    broker: Arc<Inner>,
-    filters: [String; 2],
+pub(super) struct Shared {
+    pub(super) spec: ConnectionSpec,
+    pub(super) broker: Arc<Inner>,
+    pub(super) filters: [String; 2],
     /// The QoS the consumer subscribes with (0 or 1).
-    filter_qos: QoS,
+    pub(super) filter_qos: QoS,
     /// The QoS the topic is published with: nacked copies go out the same way.
-    topic_qos: QoS,
+    pub(super) topic_qos: QoS,
     /// The topic as the task named it, reported on every delivery.
-    topic_name: Arc<str>,
-    redelivery_topic: String,
+    pub(super) topic_name: Arc<str>,
+    pub(super) redelivery_topic: String,
     /// Bound on deliveries waiting to be received; QoS 1 is bounded by the receive maximum already.
-    buffer_limit: usize,
-    state: Mutex<State>,
-    notify: Notify,
+    pub(super) buffer_limit: usize,
+    pub(super) state: Mutex<State>,
+    pub(super) notify: Notify,
 }
 
 #[derive(Default)]
-struct State {
+pub(super) struct State {
     /// The current connection's client; `None` between connections.
-    client: Option<AsyncClient>,
+    pub(super) client: Option<AsyncClient>,
     /// Counts connections; deliveries remember the one they arrived on.
-    generation: u64,
+    pub(super) generation: u64,
     /// Whether the current connection got its CONNACK.
-    connected: bool,
+    pub(super) connected: bool,
     /// Deliveries not handed out yet, in arrival order.
-    ready: VecDeque<u64>,
+    pub(super) ready: VecDeque<u64>,
     /// Every delivery not acknowledged yet, by local sequence number (the [`MessageId`]).
-    held: HashMap<u64, Held>,
-    next_seq: u64,
-    closed: bool,
+    pub(super) held: HashMap<u64, Held>,
+    pub(super) next_seq: u64,
+    pub(super) closed: bool,
     /// Set when the broker refused the subscription after a reconnect.
-    refused: Option<String>,
+    pub(super) refused: Option<String>,
     /// Acks handed to rumqttc, by packet id, waiting until their PUBACK is written.
-    ack_waiters: HashMap<u16, Vec<oneshot::Sender<()>>>,
+    pub(super) ack_waiters: HashMap<u16, Vec<oneshot::Sender<()>>>,
     /// `close` waits here for the UNSUBACK of the redelivery filter.
-    unsubscribed: Option<oneshot::Sender<()>>,
-    dropped_qos0: u64,
+    pub(super) unsubscribed: Option<oneshot::Sender<()>>,
+    pub(super) dropped_qos0: u64,
 }
 
-struct Held {
-    generation: u64,
-    pkid: u16,
-    qos: QoS,
-    handed_out: bool,
-    delivery: Delivery,
+pub(super) struct Held {
+    pub(super) generation: u64,
+    pub(super) pkid: u16,
+    pub(super) qos: QoS,
+    pub(super) handed_out: bool,
+    pub(super) delivery: Delivery,
 }
 
 impl MqttSubscription {
@@ -135,7 +132,7 @@ impl MqttSubscription {
             let shared = shared.clone();
             let cancel = cancel.clone();
             async move {
-                run(shared, cancel, first_tx).await;
+                consumer::run(shared, cancel, first_tx).await;
                 let _ = stopped_tx.send(());
             }
         });
@@ -407,220 +404,4 @@ impl Drop for MqttSubscription {
         // unacknowledged messages for this consumer's return.
         self.cancel.cancel();
     }
-}
-
-/// Why a connection ended.
-enum End {
-    /// Cancelled, or closed with a DISCONNECT.
-    Stopped,
-    Lost(BrokerError),
-}
-
-/// The background task: one connection after another, until stopped.
-async fn run(
-    shared: Arc<Shared>,
-    cancel: CancellationToken,
-    first: oneshot::Sender<Result<(), BrokerError>>,
-) {
-    let options = shared.broker.options.clone();
-    let mut first = Some(first);
-    let mut backoff = Backoff::new(options.reconnect_delay_min, options.reconnect_delay_max);
-    loop {
-        let (client, mut events) = connection::open(&options, &shared.spec);
-        {
-            let mut state = shared.state.lock();
-            state.generation += 1;
-            state.connected = false;
-            state.client = Some(client);
-        }
-        let end = drive(&shared, &mut events, &cancel, &mut first, &mut backoff).await;
-        {
-            let mut state = shared.state.lock();
-            state.client = None;
-            state.connected = false;
-            // PUBACKs that were not written are lost with the connection.
-            state.ack_waiters.clear();
-            state.unsubscribed = None;
-        }
-        drop(events);
-        match end {
-            End::Stopped => break,
-            End::Lost(error) => match first.take() {
-                Some(first) => {
-                    let _ = first.send(Err(error));
-                    break;
-                }
-                None => {
-                    tracing::warn!(%error, client_id = %shared.spec.client_id, "mqtt consumer connection lost; reconnecting")
-                }
-            },
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = tokio::time::sleep(backoff.next_delay()) => {}
-        }
-    }
-    shared.state.lock().closed = true;
-    shared.notify.notify_waiters();
-}
-
-/// Polls one connection's event loop until it fails, disconnects on `close`, or is cancelled.
-async fn drive(
-    shared: &Shared,
-    events: &mut EventLoop,
-    cancel: &CancellationToken,
-    first: &mut Option<oneshot::Sender<Result<(), BrokerError>>>,
-    backoff: &mut Backoff,
-) -> End {
-    loop {
-        let polled = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => return End::Stopped,
-            polled = events.poll() => polled,
-        };
-        match polled {
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
-                // Read on until the broker closes the connection: dropping a socket with unread
-                // data resets it, and the broker could then discard the acks it had not read yet.
-                let _ = tokio::time::timeout(DISCONNECT_WAIT, async {
-                    while events.poll().await.is_ok() {}
-                })
-                .await;
-                return End::Stopped;
-            }
-            Ok(event) => handle(shared, event, first, backoff),
-            Err(error) => {
-                // Messages rumqttc read before the failure belong to this connection.
-                let buffered: Vec<Event> = events.state.events.drain(..).collect();
-                for event in buffered {
-                    handle(shared, event, first, backoff);
-                }
-                return End::Lost(connection::connection_error(&shared.broker.options, error));
-            }
-        }
-    }
-}
-
-fn handle(
-    shared: &Shared,
-    event: Event,
-    first: &mut Option<oneshot::Sender<Result<(), BrokerError>>>,
-    backoff: &mut Backoff,
-) {
-    match event {
-        Event::Incoming(Packet::Publish(publish)) => receive_publish(shared, &publish),
-        Event::Outgoing(Outgoing::PubAck(pkid)) => {
-            let waiters = shared.state.lock().ack_waiters.remove(&pkid);
-            for waiter in waiters.into_iter().flatten() {
-                let _ = waiter.send(());
-            }
-        }
-        Event::Incoming(Packet::UnsubAck(_)) => {
-            if let Some(done) = shared.state.lock().unsubscribed.take() {
-                let _ = done.send(());
-            }
-        }
-        Event::Incoming(Packet::ConnAck(connack)) => {
-            let mut state = shared.state.lock();
-            state.connected = true;
-            backoff.reset();
-            // Deliveries from earlier connections stay: even when the session resumes, a broker that
-            // restarted from its last save may have lost them, so these copies can be the only ones
-            // left. If the broker still has them, they come twice (at least once).
-            if !connack.session_present && first.is_none() {
-                tracing::warn!(client_id = %shared.spec.client_id, "mqtt session was not resumed: the broker no longer holds the messages this consumer had not acknowledged");
-            }
-            // Subscribing again is harmless when the session kept the subscription, and needed when
-            // the broker lost it.
-            let filters = shared
-                .filters
-                .iter()
-                .map(|path| Filter::new(path.clone(), shared.filter_qos));
-            if let Some(client) = &state.client {
-                if let Err(error) = client.try_subscribe_many(filters) {
-                    tracing::warn!(%error, "mqtt subscribe could not be queued");
-                }
-            }
-            if first.is_none() {
-                tracing::info!(client_id = %shared.spec.client_id, session_present = connack.session_present, "mqtt consumer reconnected");
-            }
-        }
-        Event::Incoming(Packet::SubAck(suback)) => {
-            let refused: Vec<&SubscribeReasonCode> = suback
-                .return_codes
-                .iter()
-                .filter(|code| !matches!(code, SubscribeReasonCode::Success(_)))
-                .collect();
-            let outcome = if refused.is_empty() {
-                Ok(())
-            } else {
-                Err(format!(
-                    "the broker refused the subscription {:?}: {refused:?}",
-                    shared.filters
-                ))
-            };
-            match (first.take(), outcome) {
-                (Some(first), outcome) => {
-                    let _ = first.send(outcome.map_err(|reason| BrokerError::Rejected {
-                        backend: "mqtt",
-                        reason,
-                    }));
-                }
-                (None, Ok(())) => shared.state.lock().refused = None,
-                (None, Err(reason)) => {
-                    tracing::error!(%reason, "mqtt subscription refused after reconnect");
-                    shared.state.lock().refused = Some(reason);
-                    shared.notify.notify_waiters();
-                }
-            }
-        }
-        Event::Incoming(Packet::Disconnect(disconnect)) => {
-            if disconnect.reason_code == DisconnectReasonCode::SessionTakenOver {
-                tracing::error!(client_id = %shared.spec.client_id, "another mqtt client connected with this consumer's client id; consumer names must be unique per process");
-            } else {
-                tracing::warn!(reason = ?disconnect.reason_code, client_id = %shared.spec.client_id, "mqtt broker disconnected the consumer");
-            }
-        }
-        _ => {}
-    }
-}
-
-fn receive_publish(shared: &Shared, publish: &Publish) {
-    let (message, redeliveries) = codec::decode(publish);
-    let mut state = shared.state.lock();
-    if publish.qos == QoS::AtMostOnce && state.ready.len() >= shared.buffer_limit {
-        // Best effort: with nobody receiving, QoS 0 messages beyond the bound are dropped here
-        // rather than growing the buffer.
-        state.dropped_qos0 += 1;
-        if state.dropped_qos0.is_power_of_two() {
-            tracing::warn!(
-                dropped = state.dropped_qos0,
-                "mqtt consumer buffer full; QoS 0 messages dropped"
-            );
-        }
-        return;
-    }
-    let seq = state.next_seq;
-    state.next_seq += 1;
-    let delivery = Delivery {
-        id: MessageId::from_u64(seq),
-        topic: shared.topic_name.clone(),
-        message: Arc::new(message),
-        redelivery_count: redeliveries.saturating_add(u32::from(publish.dup)),
-        publish_time: None,
-    };
-    let generation = state.generation;
-    state.held.insert(
-        seq,
-        Held {
-            generation,
-            pkid: publish.pkid,
-            qos: publish.qos,
-            handed_out: false,
-            delivery,
-        },
-    );
-    state.ready.push_back(seq);
-    drop(state);
-    shared.notify.notify_waiters();
 }
