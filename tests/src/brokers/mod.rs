@@ -4,9 +4,11 @@
 //! Where a broker binary is missing, [`require`] says so loudly and the test skips; with
 //! `REQUIRE_BROKERS=1` (as CI sets) it panics instead.
 
+mod mosquitto;
 mod process;
 mod redis;
 
+pub use mosquitto::Mosquitto;
 pub use process::{free_port, wait_for_port, BrokerProcess};
 pub use redis::RedisServer;
 

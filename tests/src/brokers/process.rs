@@ -78,6 +78,24 @@ impl BrokerProcess {
         }
     }
 
+    /// Stops the process gracefully (SIGTERM), waiting up to `limit` for it to exit before killing it.
+    pub fn terminate(&mut self, limit: Duration) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + limit;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Starts the process again with the same arguments (after [`Self::kill`]) and waits for its port.
     pub fn restart(&mut self) {
         self.kill();

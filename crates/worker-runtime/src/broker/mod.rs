@@ -11,9 +11,13 @@ pub mod memory;
 pub mod pulsar;
 #[cfg(feature = "valkey")]
 pub mod valkey;
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
 
 #[cfg(feature = "pulsar")]
 pub use self::pulsar::{PulsarBroker, PulsarOptions};
 #[cfg(feature = "valkey")]
 pub use self::valkey::{ValkeyBroker, ValkeyOptions};
 pub use memory::{MemoryBroker, MemoryBrokerOptions};
+#[cfg(feature = "mqtt")]
+pub use mqtt::{MqttBroker, MqttOptions};
