@@ -2,4 +2,5 @@
 //! broker processes on free loopback ports, and the ledger that proves nothing was lost.
 
 pub mod brokers;
+pub mod processes;
 pub mod worker_support;
