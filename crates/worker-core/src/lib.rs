@@ -8,6 +8,8 @@
 //! - [`TaskError`] and [`BrokerError`], the error vocabulary;
 //! - [`props`], the names of the message properties the framework reads and writes.
 
+#![warn(missing_docs)]
+
 mod broker;
 mod config;
 mod duration;

@@ -5,6 +5,8 @@
 //! checks the values (with `worker_core`'s own parsers and `TaskConfig::validate`), [`signature`]
 //! checks the fn, and [`expand`] writes the generated items.
 
+#![warn(missing_docs)]
+
 mod attr;
 mod errors;
 mod expand;

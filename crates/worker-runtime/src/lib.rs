@@ -6,6 +6,8 @@
 //! timeout; failures are retried with exponential backoff and end, with their provenance, in a
 //! dead-letter topic. See the README for the guided tour.
 
+#![warn(missing_docs)]
+
 pub mod auth;
 pub mod broker;
 pub mod cli;
