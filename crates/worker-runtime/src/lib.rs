@@ -13,6 +13,7 @@ pub mod broker;
 pub mod cli;
 mod context;
 pub mod credits;
+pub mod dead_letters;
 mod enqueue;
 pub mod metrics;
 pub mod middleware;
