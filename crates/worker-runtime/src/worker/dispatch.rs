@@ -5,7 +5,7 @@
 //! - **Lanes** (key_shared, failover, exclusive): `concurrency` sequential lanes, a delivery's lane
 //!   chosen by its key, so messages of one key run one after another, in order, retries included.
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -150,11 +150,7 @@ impl Dispatch {
             let mut deliveries = deliveries.into_iter();
             while let Some(delivery) = deliveries.next() {
                 let lane = match &delivery.message.key {
-                    Some(key) => {
-                        let mut h = hasher.build_hasher();
-                        key.hash(&mut h);
-                        (h.finish() as usize) % lane_count
-                    }
+                    Some(key) => (hasher.hash_one(key) as usize) % lane_count,
                     None => {
                         next_unkeyed = (next_unkeyed + 1) % lane_count;
                         next_unkeyed
