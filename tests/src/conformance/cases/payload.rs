@@ -13,8 +13,8 @@ const LARGEST_OVER_LIMIT_TRY: usize = 16 * 1024 * 1024;
 
 /// Where `max_payload_bytes` admits 1 MiB, a 1 MiB payload (with a key and a property) arrives byte
 /// for byte; where it does not, publishing it is refused with `Rejected`. Where the declared limit
-/// is at most 16 MiB, a payload one byte over it is refused with `Rejected`, and the client still
-/// works afterwards.
+/// is at most 16 MiB, a payload of exactly the limit is accepted and delivered, one byte over it
+/// is refused with `Rejected`, and the client still works afterwards.
 pub async fn large_payload<H: Harness>(harness: &mut H) -> CaseResult {
     const CASE: &str = "large_payload";
     let broker = harness.broker().await.context("connect")?;
@@ -70,6 +70,25 @@ pub async fn large_payload<H: Harness>(harness: &mut H) -> CaseResult {
     }
     match limit {
         Some(limit) if limit <= LARGEST_OVER_LIMIT_TRY => {
+            let at_limit = broker
+                .publish(&topic, Message::new(vec![7_u8; limit]))
+                .await;
+            lines.push(format!(
+                "{limit} bytes (the limit): {}",
+                at_limit
+                    .as_ref()
+                    .map_or_else(ToString::to_string, |_| "accepted".to_owned())
+            ));
+            if at_limit.is_err() {
+                report(harness.backend(), CASE, lines.join("; "));
+                bail!("a payload of exactly the declared limit of {limit} bytes must be accepted");
+            }
+            let got = receive_up_to(&*subscription, 1, harness.arrival_limit()).await?;
+            ack_all(&*subscription, &got).await.context("ack")?;
+            ensure!(
+                got.first().is_some_and(|d| d.payload().len() == limit),
+                "the payload of exactly the limit did not arrive"
+            );
             let too_big = Message::new(vec![7_u8; limit + 1]);
             let result = broker.publish(&topic, too_big).await;
             lines.push(format!(

@@ -308,6 +308,15 @@ pub(crate) fn qos_of(topic: &Topic) -> QoS {
     }
 }
 
+/// Room kept in a packet for the topic name and properties when declaring the payload limit.
+const PACKET_HEADROOM: usize = 64 * 1024;
+
+/// The largest payload accepted: the packet limit covers the topic and properties too, so part
+/// of it is kept for them.
+pub(crate) fn payload_limit(options: &MqttOptions) -> usize {
+    (options.max_packet_bytes as usize).saturating_sub(PACKET_HEADROOM)
+}
+
 impl Broker for MqttBroker {
     fn name(&self) -> &'static str {
         "mqtt"
@@ -325,7 +334,7 @@ impl Broker for MqttBroker {
             nack_redelivery: true,
             // Unacknowledged messages wait in the abandoned consumer's own session.
             redelivers_abandoned: false,
-            max_payload_bytes: Some(self.inner.options.max_packet_bytes as usize),
+            max_payload_bytes: Some(payload_limit(&self.inner.options)),
         }
     }
 

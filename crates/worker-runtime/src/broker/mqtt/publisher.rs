@@ -147,6 +147,16 @@ impl Publisher {
         properties: &PublishProperties,
         deadline: Instant,
     ) -> Result<Confirmed, BrokerError> {
+        let payload_limit = super::payload_limit(&self.shared.options);
+        if payload.len() > payload_limit {
+            return Err(BrokerError::Rejected {
+                backend: "mqtt",
+                reason: format!(
+                    "the payload of {} bytes is over the limit of {payload_limit}",
+                    payload.len()
+                ),
+            });
+        }
         let limit = self.shared.state.lock().packet_limit;
         // rumqttc fails the whole connection on an oversized packet and would resend it forever, so
         // it never gets that far.

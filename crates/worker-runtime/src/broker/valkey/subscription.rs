@@ -122,13 +122,12 @@ impl ValkeySubscription {
                 Attempt::Owner => inner.take_over(ownership).await?,
                 Attempt::HeldBy(holder) if options.consumer_type == ConsumerType::Exclusive => {
                     let holder = holder.split_once('@').map_or(&*holder, |(_, name)| name);
-                    return Err(BrokerError::Backend {
+                    return Err(BrokerError::Rejected {
                         backend: BACKEND,
-                        message: format!(
+                        reason: format!(
                             "exclusive subscription `{}` on `{}` already has consumer `{holder}`",
                             inner.group, inner.topic
                         ),
-                        source: None,
                     });
                 }
                 Attempt::HeldBy(_) => {}
@@ -396,7 +395,7 @@ impl Inner {
         }
         let keys: Vec<Arc<str>> = ids.iter().map(held_key).collect();
         let texts: Vec<&str> = keys.iter().map(|k| &**k).collect();
-        self.xack(&texts).await?;
+        let acked = self.xack(&texts).await;
         let mut local = self.local.lock();
         let mut unbuffer = false;
         for key in &keys {
@@ -408,7 +407,10 @@ impl Inner {
             let Local { buffer, held } = &mut *local;
             buffer.retain(|d| held.contains_key(&held_key(&d.id)));
         }
-        Ok(())
+        // On failure the entries are forgotten all the same: no longer renewed, they are
+        // reclaimed after the visibility timeout and delivered again (at least once), instead of
+        // staying pending with this consumer for as long as it lives.
+        acked
     }
 
     async fn nack(&self, ids: Vec<MessageId>) -> Result<(), BrokerError> {
