@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use worker_runtime::broker::MemoryBroker;
 use worker_runtime::prelude::*;
 use worker_runtime::worker::Worker;
-use worker_runtime::{props, Message};
+use worker_runtime::{props, Message, Topic};
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Job {
@@ -381,4 +381,64 @@ async fn undecodable_and_invalid_input_goes_to_the_dlq_and_good_messages_still_f
     let task = report.task("strict").expect("report");
     assert_eq!(task.dead_lettered as usize, bad_count);
     assert_eq!(task.succeeded, 11);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_original_stays_unacked_until_its_dead_letter_copy_is_confirmed() {
+    use worker_runtime::broker::MemoryBrokerOptions;
+
+    // The DLQ topic holds at most two messages, and two are there already: it refuses more.
+    let broker = Arc::new(MemoryBroker::with_options(MemoryBrokerOptions {
+        max_retained_per_topic: 2,
+        ..MemoryBrokerOptions::default()
+    }));
+    let dlq = Topic::parse(DLQ).expect("topic");
+    for n in 0..2 {
+        broker
+            .publish(&dlq, Message::new(format!("filler {n}")))
+            .await
+            .expect("fill the DLQ");
+    }
+    run_job::enqueue(
+        &*broker,
+        &Job {
+            permanent: true,
+            ..job(30)
+        },
+    )
+    .await
+    .expect("enqueue");
+    let worker = RunningWorker::start(
+        Worker::builder()
+            .broker(broker.clone())
+            .task(run_job::task()),
+    );
+    tokio::time::sleep(Duration::from_secs(20)).await;
+
+    let jobs = Topic::parse("persistent://test/outcomes/jobs").expect("topic");
+    let held = |broker: &MemoryBroker| {
+        let stats = broker.stats(&jobs).expect("the jobs topic exists");
+        let sub = stats
+            .subscriptions
+            .iter()
+            .find(|s| s.name == "run_job")
+            .expect("the task's subscription");
+        (sub.backlog, sub.unacked)
+    };
+    assert_eq!(attempts_of(30), [1], "the handler ran once");
+    assert_eq!(
+        held(&broker),
+        (1, 1),
+        "while the DLQ refuses the copy, the original stays unacked"
+    );
+
+    // Make room: a reader takes the fillers, then the copy the worker keeps trying to publish.
+    let dead = read_topic(&*broker, DLQ, 3, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let report = worker.stop().await;
+    assert_eq!(dead.len(), 3);
+    assert_eq!(dead[2].property(props::DLQ_REASON), Some("permanent_error"));
+    assert_eq!(held(&broker), (0, 0), "acked once the copy was confirmed");
+    assert_eq!(report.task("run_job").map(|t| t.dead_lettered), Some(1));
+    assert_eq!(attempts_of(30), [1], "never run again while waiting");
 }
