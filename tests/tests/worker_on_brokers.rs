@@ -23,10 +23,13 @@ struct Job {
     failures: u32,
 }
 
-/// Attempts seen, by run and job id.
-static ATTEMPTS: Mutex<Option<HashMap<(String, u32), Vec<(u32, Instant)>>>> = Mutex::new(None);
+/// The attempt numbers a job ran with, and when each started.
+type AttemptLog = Vec<(u32, Instant)>;
 
-fn attempts(run: &str, id: u32) -> Vec<(u32, Instant)> {
+/// Attempts seen, by run and job id.
+static ATTEMPTS: Mutex<Option<HashMap<(String, u32), AttemptLog>>> = Mutex::new(None);
+
+fn attempts(run: &str, id: u32) -> AttemptLog {
     let seen = ATTEMPTS.lock().unwrap_or_else(|p| p.into_inner());
     seen.as_ref()
         .and_then(|s| s.get(&(run.to_owned(), id)).cloned())
