@@ -7,12 +7,12 @@
 //! - `mqtt` (feature `mqtt`): an MQTT 5 broker through rumqttc.
 
 pub mod memory;
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
 #[cfg(feature = "pulsar")]
 pub mod pulsar;
 #[cfg(feature = "valkey")]
 pub mod valkey;
-#[cfg(feature = "mqtt")]
-pub mod mqtt;
 
 #[cfg(feature = "pulsar")]
 pub use self::pulsar::{PulsarBroker, PulsarOptions};
