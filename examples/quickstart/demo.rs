@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use worker_runtime::auth::{Hs256Signer, Hs256Verifier, Secret};
 use worker_runtime::broker::MemoryBroker;
+use worker_runtime::cli::BackendKind;
 use worker_runtime::credits::{CreditLedger, MemoryCreditLedger};
 use worker_runtime::metrics::Metrics;
 use worker_runtime::worker::{CancellationToken, Worker, WorkerReport};
@@ -196,15 +197,18 @@ async fn print_summary(
     println!("\nRate limit: ingest_data waited {waited:.1} s in total for its 5-per-second budget");
 }
 
-/// Without `--demo`: an ordinary worker binary (every `worker_runtime::cli` flag works) that sends
-/// the demo traffic once at start, with the demo key and credits unless told otherwise.
+/// Without `--demo`: an ordinary worker binary (every `worker_runtime::cli` flag works), with the
+/// demo key and credits unless told otherwise. On the embedded broker, which nothing else can
+/// publish to, it sends the demo traffic once at start; on a real broker it only consumes, as
+/// every copy of a scaled-out worker should (an MQTT broker would even refuse traffic published
+/// before the first worker subscribed).
 pub async fn run_worker(args: Vec<String>) -> anyhow::Result<()> {
     let cli = worker_runtime::cli::parse_from(args).unwrap_or_else(|error| error.exit());
     let mut extras = worker_runtime::cli::RunExtras::new().credit_ledger(demo_ledger());
     if cli.jwt_secret.is_none() && cli.jwt_secret_file.is_none() {
         extras = extras.verifier(Arc::new(Hs256Verifier::new(demo_secret())));
     }
-    if cli.command.is_none() {
+    if cli.command.is_none() && cli.backend.backend == BackendKind::Memory {
         let broker = worker_runtime::cli::connect_backend(&cli.backend).await?;
         send_traffic(&*broker).await?;
         extras = extras.broker(broker);

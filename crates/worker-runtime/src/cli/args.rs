@@ -27,10 +27,6 @@ use crate::worker::default_consumer_name;
                   messages and lets work in flight finish; a second signal exits at once."
 )]
 pub struct Cli {
-    /// Which broker to use, and how to reach it.
-    #[command(flatten)]
-    pub backend: BackendArgs,
-
     /// This worker's consumer name, unique per process [default: {hostname}-{pid}].
     #[arg(long, env = "WORKER_CONSUMER_NAME", global = true)]
     pub consumer_name: Option<String>,
@@ -88,6 +84,11 @@ pub struct Cli {
         value_parser = duration_value
     )]
     pub shutdown_grace: Duration,
+
+    /// Which broker to use, and how to reach it (last, so that its help headings follow the
+    /// worker's own flags).
+    #[command(flatten)]
+    pub backend: BackendArgs,
 
     /// What to do; without a subcommand the worker runs.
     #[command(subcommand)]
@@ -154,10 +155,19 @@ impl fmt::Display for MetricsAddr {
     }
 }
 
-fn secret_value(text: &str) -> Result<Secret, Infallible> {
+pub(super) fn secret_value(text: &str) -> Result<Secret, Infallible> {
     Ok(Secret::new(text.as_bytes()))
 }
 
 fn duration_value(text: &str) -> Result<Duration, DurationError> {
     parse_duration(text)
+}
+
+/// A duration that must not be zero (a timeout, an interval).
+pub(super) fn positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text) {
+        Ok(duration) if duration.is_zero() => Err("must be greater than zero".to_owned()),
+        Ok(duration) => Ok(duration),
+        Err(error) => Err(error.to_string()),
+    }
 }

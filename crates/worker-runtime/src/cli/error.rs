@@ -4,7 +4,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use worker_core::ConfigError;
+use worker_core::{BrokerError, ConfigError};
 
 use super::config_file::ConfigFileError;
 
@@ -14,9 +14,30 @@ pub enum CliError {
     /// The chosen backend's cargo feature is off.
     #[error("backend `{0}` is not compiled in (enable feature `{0}`)")]
     BackendNotCompiled(&'static str),
-    /// The chosen backend is compiled in but the command line cannot connect it yet.
-    #[error("backend `{0}` is compiled in but the command line cannot connect it yet")]
-    BackendNotWired(&'static str),
+    /// The chosen backend could not connect (or refused its settings).
+    #[error("cannot connect the `{backend}` backend to {target}")]
+    Connect {
+        /// The backend.
+        backend: &'static str,
+        /// Where it was told to connect, without any password.
+        target: String,
+        /// Why.
+        #[source]
+        source: BrokerError,
+    },
+    /// `--pulsar-listener` was given, which the Pulsar client cannot honour.
+    #[error(
+        "--pulsar-listener (PULSAR_LISTENER) is `{listener}`, but this Pulsar client cannot ask \
+         for an advertised listener: unset it and point --pulsar-host (PULSAR_HOST) at that \
+         listener's address, or at a Pulsar proxy"
+    )]
+    PulsarListener {
+        /// The listener name given.
+        listener: String,
+        /// The backend's refusal.
+        #[source]
+        source: BrokerError,
+    },
     /// The `--config` file could not be read.
     #[error("cannot read the configuration file `{}`", path.display())]
     ReadConfig {

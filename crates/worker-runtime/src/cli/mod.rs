@@ -19,6 +19,32 @@
 //! | `--jwt-secret-file` | `WORKER_JWT_SECRET_FILE` | none | the same key read from a file |
 //! | `--shutdown-grace` | `WORKER_SHUTDOWN_GRACE` | `30s` | time work in flight may take after SIGINT/SIGTERM |
 //!
+//! Each backend's own flags ([`BackendArgs`]); durations are written `"500ms"`, `"30s"`, `"2m"`:
+//!
+//! | flag | environment | default | |
+//! |---|---|---|---|
+//! | `--pulsar-host` | `PULSAR_HOST` | `pulsar://localhost:6650` | `pulsar+ssl://…` for TLS |
+//! | `--pulsar-api-key` | `PULSAR_API_KEY` | none | token (JWT) authentication; never printed |
+//! | `--pulsar-listener` | `PULSAR_LISTENER` | none | not supported by the client: a start-up error |
+//! | `--pulsar-tls-ca-file` | `PULSAR_TLS_CA_FILE` | none | PEM certificate authorities to trust |
+//! | `--pulsar-operation-timeout` | `PULSAR_OPERATION_TIMEOUT` | `30s` | one request to the broker |
+//! | `--pulsar-connection-timeout` | `PULSAR_CONNECTION_TIMEOUT` | `10s` | opening one connection |
+//! | `--pulsar-batching` | `PULSAR_BATCHING` | off | batch produced messages without key or delay |
+//! | `--pulsar-batch-size` | `PULSAR_BATCH_SIZE` | `100` | messages per batch (at least 2) |
+//! | `--pulsar-batch-delay` | `PULSAR_BATCH_DELAY` | `5ms` | how long a batch may wait to fill |
+//! | `--pulsar-compression` | `PULSAR_COMPRESSION` | `none` | `none`, `lz4` or `zstd` |
+//! | `--valkey-url` | `VALKEY_URL` | `redis://127.0.0.1:6379` | `redis://:password@host:port/db`, `rediss://…` for TLS; the password is never printed |
+//! | `--valkey-visibility-timeout` | `VALKEY_VISIBILITY_TIMEOUT` | `30s` | when a dead worker's messages go to live ones |
+//! | `--valkey-tls-ca-file` | `VALKEY_TLS_CA_FILE` | none | PEM certificate authority for `rediss://` |
+//! | `--mqtt-host` | `MQTT_HOST` | `localhost` | |
+//! | `--mqtt-port` | `MQTT_PORT` | `1883` | |
+//! | `--mqtt-username` | `MQTT_USERNAME` | none | |
+//! | `--mqtt-password` | `MQTT_PASSWORD` | none | needs `--mqtt-username`; never printed |
+//! | `--mqtt-client-id-prefix` | `MQTT_CLIENT_ID_PREFIX` | `wr-` | prefix of every MQTT client id |
+//!
+//! With `--backend pulsar` the log filter always holds `pulsar::connection` at `debug` or above,
+//! whatever `RUST_LOG` says, because pulsar-rs logs its frames, token included, at trace level.
+//!
 //! `worker tasks` prints every task's effective configuration and exits. A bad flag, file or task
 //! setting stops the binary at start with a message naming it. SIGINT or SIGTERM stops taking
 //! messages and lets work in flight finish within the grace period, then the process exits with
@@ -47,7 +73,9 @@ use worker_core::Broker;
 
 pub use crate::worker::default_consumer_name;
 pub use args::{parse_from, Cli, Command, MetricsAddr};
-pub use backend::{connect_backend, BackendArgs, BackendKind};
+pub use backend::{
+    connect_backend, BackendArgs, BackendKind, MqttArgs, PulsarArgs, PulsarCompression, ValkeyArgs,
+};
 pub use config_file::{apply_overrides, ConfigFileError, ConfigProblem};
 pub use error::CliError;
 pub use extras::RunExtras;
@@ -76,7 +104,7 @@ pub async fn run() -> anyhow::Result<()> {
 /// the tasks, serves metrics, connects the broker and runs until a shutdown signal (or the
 /// `extras` token). Returns once the worker stopped gracefully.
 pub async fn run_with(cli: Cli, extras: RunExtras) -> anyhow::Result<()> {
-    logging::init(cli.log_format);
+    logging::init_with_directives(cli.log_format, cli.backend.log_directives());
     let tasks = extras.tasks.unwrap_or_else(crate::registered_tasks);
     let tasks = prepare_tasks(&cli, tasks)?;
     if cli.command == Some(Command::Tasks) {

@@ -8,6 +8,8 @@ use super::*;
 use crate::auth::Secret;
 use crate::cli::test_tasks::tasks;
 
+mod backend;
+
 /// `Cli`'s command with every environment fallback renamed to a name unique to this call, and
 /// those set to `env`: tests see their own variables only, never each other's or the caller's.
 fn command_with_env(env: &[(&str, &str)]) -> clap::Command {
@@ -142,8 +144,26 @@ fn every_flag_has_its_documented_variable() {
         ("jwt-secret-file", "WORKER_JWT_SECRET_FILE"),
         ("log-format", "WORKER_LOG_FORMAT"),
         ("metrics-addr", "WORKER_METRICS_ADDR"),
+        ("mqtt-client-id-prefix", "MQTT_CLIENT_ID_PREFIX"),
+        ("mqtt-host", "MQTT_HOST"),
+        ("mqtt-password", "MQTT_PASSWORD"),
+        ("mqtt-port", "MQTT_PORT"),
+        ("mqtt-username", "MQTT_USERNAME"),
+        ("pulsar-api-key", "PULSAR_API_KEY"),
+        ("pulsar-batch-delay", "PULSAR_BATCH_DELAY"),
+        ("pulsar-batch-size", "PULSAR_BATCH_SIZE"),
+        ("pulsar-batching", "PULSAR_BATCHING"),
+        ("pulsar-compression", "PULSAR_COMPRESSION"),
+        ("pulsar-connection-timeout", "PULSAR_CONNECTION_TIMEOUT"),
+        ("pulsar-host", "PULSAR_HOST"),
+        ("pulsar-listener", "PULSAR_LISTENER"),
+        ("pulsar-operation-timeout", "PULSAR_OPERATION_TIMEOUT"),
+        ("pulsar-tls-ca-file", "PULSAR_TLS_CA_FILE"),
         ("shutdown-grace", "WORKER_SHUTDOWN_GRACE"),
         ("tasks", "WORKER_TASKS"),
+        ("valkey-tls-ca-file", "VALKEY_TLS_CA_FILE"),
+        ("valkey-url", "VALKEY_URL"),
+        ("valkey-visibility-timeout", "VALKEY_VISIBILITY_TIMEOUT"),
     ];
     let expected: Vec<(String, String)> = expected
         .iter()
