@@ -329,3 +329,78 @@ async fn key_shared_retries_in_place_so_each_key_keeps_its_order() {
         (20, 4, 0)
     );
 }
+
+/// A memory broker whose `subscribe` fails (transiently) until it is told to let subscribers in.
+struct LateBroker {
+    inner: MemoryBroker,
+    open: std::sync::atomic::AtomicBool,
+}
+
+impl worker_runtime::Broker for LateBroker {
+    fn name(&self) -> &'static str {
+        "late"
+    }
+
+    fn capabilities(&self) -> worker_runtime::Capabilities {
+        self.inner.capabilities()
+    }
+
+    fn publish<'a>(
+        &'a self,
+        topic: &'a Topic,
+        message: worker_runtime::Message,
+    ) -> worker_runtime::BoxFuture<'a, Result<worker_runtime::MessageId, worker_runtime::BrokerError>>
+    {
+        self.inner.publish(topic, message)
+    }
+
+    fn subscribe<'a>(
+        &'a self,
+        options: worker_runtime::SubscribeOptions,
+    ) -> worker_runtime::BoxFuture<
+        'a,
+        Result<Box<dyn worker_runtime::Subscription>, worker_runtime::BrokerError>,
+    > {
+        if self.open.load(Ordering::SeqCst) {
+            self.inner.subscribe(options)
+        } else {
+            Box::pin(async {
+                Err(worker_runtime::BrokerError::Connection {
+                    backend: "late",
+                    message: "not yet".into(),
+                    source: None,
+                })
+            })
+        }
+    }
+}
+
+#[pulsar_io_task(topic = "q1/test/delivery/ready")]
+async fn ready_job(_n: u32) -> Result<(), TaskError> {
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_worker_is_ready_only_once_every_task_has_subscribed() {
+    let broker = Arc::new(LateBroker {
+        inner: MemoryBroker::new(),
+        open: std::sync::atomic::AtomicBool::new(false),
+    });
+    let metrics = worker_runtime::metrics::Metrics::new("ready-test");
+    let worker = RunningWorker::start(
+        Worker::builder()
+            .broker(broker.clone())
+            .tasks([ready_job::task(), limited::task()])
+            .metrics(metrics.clone()),
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        !metrics.is_ready(),
+        "not ready while subscribing keeps failing"
+    );
+    broker.open.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    assert!(metrics.is_ready(), "ready once both tasks subscribed");
+    worker.stop().await;
+    assert!(!metrics.is_ready(), "not ready after stopping");
+}

@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -225,6 +226,7 @@ impl WorkerBuilder {
                 ledger: self.ledger,
                 metrics,
                 grace: self.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+                unsubscribed: AtomicUsize::new(self.tasks.len()),
             },
             tasks: self.tasks,
         })
@@ -253,7 +255,8 @@ impl Worker {
         &self.shared.metrics
     }
 
-    /// Runs every task until `shutdown` is cancelled, then stops fetching, lets in-flight handlers
+    /// Runs every task until `shutdown` is cancelled (the metrics report ready once every task has
+    /// subscribed), then stops fetching, lets in-flight handlers
     /// finish within the grace period, gives the rest back to the broker, flushes acks and returns.
     ///
     /// If one task's consumer fails (it cannot subscribe), the others are stopped the same way and
@@ -268,7 +271,6 @@ impl Worker {
             let consume = task.run(run);
             running.spawn(async move { (index, name, consume.await) });
         }
-        shared.metrics.set_ready(true);
         let mut reports = Vec::with_capacity(self.tasks.len());
         let mut first_error = None;
         while let Some(joined) = running.join_next().await {

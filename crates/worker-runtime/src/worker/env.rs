@@ -1,5 +1,6 @@
 //! What every delivery of a task needs at hand, built once per task when the worker starts.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +24,17 @@ pub(crate) struct WorkerShared {
     pub ledger: Option<Arc<dyn CreditLedger>>,
     pub metrics: Metrics,
     pub grace: Duration,
+    /// Tasks not subscribed yet; the worker is ready when it reaches zero.
+    pub unsubscribed: AtomicUsize,
+}
+
+impl WorkerShared {
+    /// Records that one more task is consuming; the last one makes the worker ready.
+    pub fn subscribed(&self) {
+        if self.unsubscribed.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.metrics.set_ready(true);
+        }
+    }
 }
 
 /// How a retry waits for its next attempt.

@@ -53,6 +53,7 @@ pub(crate) async fn run_task<T: Task>(run: TaskRun) -> Result<TaskReport, Worker
     let Some(subscription) = subscribe(&config, &shared, &stop).await? else {
         return Ok(Counters::default().report(T::NAME));
     };
+    shared.subscribed();
     let (acks, flusher) = start_ack_flusher(subscription.clone(), T::NAME);
     let env = Arc::new(TaskEnv {
         task: T::NAME,
