@@ -442,3 +442,62 @@ async fn the_original_stays_unacked_until_its_dead_letter_copy_is_confirmed() {
     assert_eq!(report.task("run_job").map(|t| t.dead_lettered), Some(1));
     assert_eq!(attempts_of(30), [1], "never run again while waiting");
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_dlq_subcommand_lists_and_replays_dead_letters() {
+    use worker_runtime::cli::{parse_from, run_with, RunExtras};
+
+    let broker = Arc::new(MemoryBroker::new());
+    run_job::enqueue(
+        &*broker,
+        &Job {
+            permanent: true,
+            ..job(40)
+        },
+    )
+    .await
+    .expect("enqueue");
+    let worker = RunningWorker::start(
+        Worker::builder()
+            .broker(broker.clone())
+            .task(run_job::task()),
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    worker.stop().await;
+    let jobs = Topic::parse("persistent://test/outcomes/jobs").expect("topic");
+    assert_eq!(broker.backlog(&jobs, "run_job"), Some(0));
+
+    let cli = |args: &[&str]| {
+        let mut argv = vec!["worker", "--metrics-addr", "off"];
+        argv.extend_from_slice(args);
+        parse_from(argv).expect("valid arguments")
+    };
+    let extras = || {
+        RunExtras::new()
+            .broker(broker.clone())
+            .tasks(vec![run_job::task()])
+            .without_signal_handlers()
+    };
+    run_with(cli(&["dlq", "run_job"]), extras())
+        .await
+        .expect("list the DLQ");
+    run_with(cli(&["dlq", "run_job", "--replay"]), extras())
+        .await
+        .expect("replay the DLQ");
+    assert_eq!(
+        broker.backlog(&jobs, "run_job"),
+        Some(1),
+        "the dead letter is back on the task's topic"
+    );
+    let unknown = run_with(cli(&["dlq", "no_such_task"]), extras()).await;
+    assert!(unknown.is_err_and(|e| e.to_string().contains("no_such_task")));
+
+    let worker = RunningWorker::start(
+        Worker::builder()
+            .broker(broker.clone())
+            .task(run_job::task()),
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    worker.stop().await;
+    assert_eq!(attempts_of(40), [1, 1], "replayed with its attempts afresh");
+}

@@ -101,6 +101,22 @@ pub enum Command {
     /// Print every task with its effective configuration (after --config and --tasks), in the
     /// override file's format, and exit.
     Tasks,
+    /// Inspect a task's dead-letter queue, or replay it to the task's topic.
+    Dlq(DlqArgs),
+}
+
+/// What `dlq` does.
+#[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
+pub struct DlqArgs {
+    /// The task whose dead-letter queue to read.
+    pub task: String,
+    /// Republish the dead letters to the topic they came from (attempts start afresh), instead
+    /// of only listing them.
+    #[arg(long)]
+    pub replay: bool,
+    /// Read at most this many.
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
 }
 
 impl Cli {

@@ -53,6 +53,7 @@
 mod args;
 mod backend;
 pub mod config_file;
+mod dlq;
 mod error;
 mod extras;
 mod listing;
@@ -72,7 +73,7 @@ use tokio_util::sync::CancellationToken;
 use worker_core::Broker;
 
 pub use crate::worker::default_consumer_name;
-pub use args::{parse_from, Cli, Command, MetricsAddr};
+pub use args::{parse_from, Cli, Command, DlqArgs, MetricsAddr};
 pub use backend::{
     connect_backend, BackendArgs, BackendKind, MqttArgs, PulsarArgs, PulsarCompression, ValkeyArgs,
 };
@@ -107,9 +108,19 @@ pub async fn run_with(cli: Cli, extras: RunExtras) -> anyhow::Result<()> {
     logging::init_with_directives(cli.log_format, cli.backend.log_directives());
     let tasks = extras.tasks.unwrap_or_else(crate::registered_tasks);
     let tasks = prepare_tasks(&cli, tasks)?;
-    if cli.command == Some(Command::Tasks) {
-        print!("{}", describe_tasks(&tasks));
-        return Ok(());
+    match &cli.command {
+        Some(Command::Tasks) => {
+            print!("{}", describe_tasks(&tasks));
+            return Ok(());
+        }
+        Some(Command::Dlq(args)) => {
+            let broker = match extras.broker {
+                Some(broker) => broker,
+                None => connect_backend(&cli.backend).await?,
+            };
+            return dlq::run(args, &tasks, broker).await;
+        }
+        None => {}
     }
     if tasks.is_empty() {
         return Err(CliError::NoTasks.into());
