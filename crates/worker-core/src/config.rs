@@ -138,6 +138,12 @@ impl TaskConfig {
         }
     }
 
+    /// Whether each message must carry a verified sender: a db task that checks roles or charges
+    /// credits.
+    pub fn needs_sender(&self) -> bool {
+        self.kind == TaskKind::Db && (!self.permission_roles.is_empty() || self.credits.is_some())
+    }
+
     /// Checks every value, returning every problem found (each naming its key).
     pub fn validate(&self) -> Result<(), Vec<ConfigError>> {
         let mut errors = Vec::new();

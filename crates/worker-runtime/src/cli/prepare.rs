@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use worker_core::{ConfigError, TaskKind};
+use worker_core::ConfigError;
 
 use super::args::Cli;
 use super::config_file::apply_overrides;
@@ -113,9 +113,7 @@ pub(super) fn check_verifier(
     let needing: Vec<String> = tasks
         .iter()
         .map(TaskDefinition::config)
-        .filter(|c| {
-            c.kind == TaskKind::Db && (!c.permission_roles.is_empty() || c.credits.is_some())
-        })
+        .filter(|c| c.needs_sender())
         .map(|c| c.name.clone())
         .collect();
     if needing.is_empty() {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use worker_core::{Broker, BrokerError, ConfigError, TaskKind};
+use worker_core::{Broker, BrokerError, ConfigError};
 
 use crate::auth::{CachingVerifier, TokenVerifier, DEFAULT_TOKEN_CACHE_SIZE};
 use crate::credits::CreditLedger;
@@ -189,10 +189,7 @@ impl WorkerBuilder {
         let capabilities = broker.capabilities();
         for task in &self.tasks {
             let config = task.config();
-            if config.kind == TaskKind::Db
-                && self.verifier.is_none()
-                && (!config.permission_roles.is_empty() || config.credits.is_some())
-            {
+            if config.needs_sender() && self.verifier.is_none() {
                 return Err(WorkerError::MissingVerifier {
                     task: config.name.clone(),
                     roles: config.permission_roles.clone(),

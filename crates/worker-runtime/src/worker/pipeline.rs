@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tracing::Instrument;
-use worker_core::{props, DeadLetterReason, Delivery, ErrorKind, TaskKind, Topic};
+use worker_core::{props, DeadLetterReason, Delivery, ErrorKind, Topic};
 
 use crate::auth::Principal;
 use crate::context::{ContextParts, TaskContext};
@@ -238,9 +238,7 @@ fn short_type_name<P>() -> &'static str {
 /// Db tasks that check roles or charge credits need a verified sender; others need none.
 fn authorize_sender(env: &TaskEnv, delivery: &Delivery) -> Result<Option<Principal>, Verdict> {
     let config = &env.config;
-    let needs_sender = config.kind == TaskKind::Db
-        && (!config.permission_roles.is_empty() || config.credits.is_some());
-    if !needs_sender {
+    if !config.needs_sender() {
         return Ok(None);
     }
     let forbidden = |error: String| Verdict::DeadLetter {
