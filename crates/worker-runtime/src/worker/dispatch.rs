@@ -1,7 +1,9 @@
 //! Getting deliveries to handlers with bounded concurrency.
 //!
-//! - **Pool** (shared subscriptions): each delivery runs as its own tokio task once it holds one of
-//!   `concurrency` permits, so handlers spread over every core and one slow message blocks nothing.
+//! - **Pool** (shared subscriptions): deliveries are fetched in batches of up to
+//!   `receiver_queue_size` (at most one batch waits in the worker), and each runs as its own tokio
+//!   task once it holds one of `concurrency` permits, so handlers spread over every core and one
+//!   slow message blocks nothing.
 //! - **Lanes** (key_shared, failover, exclusive): `concurrency` sequential lanes, a delivery's lane
 //!   chosen by its key, so messages of one key run one after another, in order, retries included.
 
@@ -94,7 +96,9 @@ impl Dispatch {
                     Err(_) => break,
                 },
             };
-            let max = (permits.available_permits() + 1).min(MAX_RECEIVE_BATCH);
+            // Prefetch up to the receiver queue size: a network broker then answers one request
+            // per batch, not one per free slot, while the permits still bound what runs.
+            let max = env.config.receiver_queue_size.clamp(1, MAX_RECEIVE_BATCH);
             let Some(deliveries) = self.receive(max, &mut receive_pause).await else {
                 break;
             };
