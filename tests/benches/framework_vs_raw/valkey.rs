@@ -3,6 +3,7 @@
 //! `XACK` the batch.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use futures_util::StreamExt as _;
@@ -37,7 +38,12 @@ impl Valkey {
 
     async fn connection(&self) -> anyhow::Result<MultiplexedConnection> {
         let client = redis::Client::open(self.server.url())?;
-        Ok(client.get_multiplexed_async_connection().await?)
+        // Longer than the raw loop's blocking reads wait on the server.
+        let config =
+            redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(5)));
+        Ok(client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?)
     }
 }
 
