@@ -65,6 +65,11 @@ impl BrokerProcess {
         self.port
     }
 
+    /// The process id while it runs (for reading its resource use).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Its scratch directory.
     pub fn dir(&self) -> &Path {
         &self.dir

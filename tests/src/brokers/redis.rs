@@ -123,6 +123,11 @@ impl RedisServer {
         self.process.port()
     }
 
+    /// The server's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
     /// Kills it (SIGKILL). Its append-only file stays for [`Self::restart`].
     pub fn kill(&mut self) {
         self.process.kill();

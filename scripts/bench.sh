@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs every benchmark of the workspace and keeps their output:
+#
+#   1. the embedded broker (criterion): a raw receive/decode/ack loop against the worker with all
+#      middleware off and all on;
+#   2. the framework against a raw client loop of the same crate on each real backend (a private
+#      redis-server and mosquitto on free loopback ports, started by the bench itself).
+#
+# Usage: scripts/bench.sh [output-dir]       (default: target/bench-results)
+# The BENCH_* variables of tests/benches/framework_vs_raw/main.rs pass through, e.g.
+#   BENCH_BACKENDS=valkey BENCH_RUNS=5 scripts/bench.sh
+# Set SKIP_MEMORY=1 or SKIP_BACKENDS=1 to leave one part out.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+out="${1:-target/bench-results}"
+mkdir -p "$out"
+stamp="$(date -u +%Y%m%dT%H%M%SZ)"
+
+if [[ "${SKIP_MEMORY:-0}" != 1 ]]; then
+    echo "== memory broker (criterion) -> $out/memory-$stamp.txt"
+    cargo bench -p worker-runtime --bench memory_throughput 2>&1 | tee "$out/memory-$stamp.txt"
+fi
+
+if [[ "${SKIP_BACKENDS:-0}" != 1 ]]; then
+    echo "== framework vs raw on valkey and mqtt -> $out/backends-$stamp.txt"
+    # The table goes to stdout, per-run progress to stderr; keep both.
+    cargo bench -p integration-tests --bench framework_vs_raw 2>&1 | tee "$out/backends-$stamp.txt"
+fi
