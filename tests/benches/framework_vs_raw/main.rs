@@ -36,7 +36,10 @@
 //! for the 1 ms handler, 1000: half of what 4 slots of a 1 ms tokio sleep, which lasts 1–2 ms,
 //! can serve), `BENCH_OPEN_SECONDS` (3), `BENCH_CONCURRENCY`
 //! (the framework's default), `BENCH_RECEIVER_QUEUE_SIZE` (the framework's default),
-//! `BENCH_RAW_BATCH` (the raw Valkey loop's `COUNT`; the framework's default prefetch, 1000).
+//! `BENCH_RAW_BATCH` (the raw Valkey loop's `COUNT`; the framework's default prefetch, 1000),
+//! `BENCH_SIDES` (`framework,raw`; one side alone is for profiling, it prints no ratios),
+//! `BENCH_PERF_CTL` (the control FIFO of `perf record --control fifo:<path> -D -1`: the profile
+//! then covers the measured phases only, not the fills).
 
 mod measure;
 mod mqtt;
@@ -264,6 +267,7 @@ struct Settings {
     concurrency: usize,
     receiver_queue_size: Option<usize>,
     raw_batch: usize,
+    sides: Vec<Side>,
 }
 
 fn env_list(name: &str, default: &str) -> Vec<String> {
@@ -319,6 +323,14 @@ impl Settings {
             receiver_queue_size: std::env::var("BENCH_RECEIVER_QUEUE_SIZE")
                 .ok()
                 .map(|v| v.parse().expect("BENCH_RECEIVER_QUEUE_SIZE is a number")),
+            sides: env_list("BENCH_SIDES", "framework,raw")
+                .iter()
+                .map(|s| match s.as_str() {
+                    "framework" => Side::Framework,
+                    "raw" => Side::Raw,
+                    other => panic!("unknown side {other:?}: framework or raw"),
+                })
+                .collect(),
             raw_batch: env_number(
                 "BENCH_RAW_BATCH",
                 worker_runtime::DEFAULT_RECEIVER_QUEUE_SIZE as u64,
@@ -371,7 +383,7 @@ async fn bench_backend<B: Backend>(
                     } else {
                         [Side::Raw, Side::Framework]
                     };
-                    for side in order {
+                    for side in order.into_iter().filter(|s| settings.sides.contains(s)) {
                         *run_id += 1;
                         let spec = Spec {
                             run: *run_id,

@@ -74,6 +74,7 @@ pub struct Usage {
 impl Phase {
     /// Starts measuring now; `broker_pid` is the broker process to account for too.
     pub fn start(broker_pid: u32) -> Phase {
+        perf_control("enable");
         reset_peak_rss();
         Phase {
             started: Instant::now(),
@@ -89,10 +90,19 @@ impl Phase {
 
     /// What was used since the start.
     pub fn usage(&self) -> Usage {
+        perf_control("disable");
         Usage {
             cpu: own_cpu().saturating_sub(self.cpu),
             broker_cpu: process_cpu(self.broker_pid).saturating_sub(self.broker_cpu),
             peak_rss_kib: peak_rss_kib(),
         }
+    }
+}
+
+/// With `BENCH_PERF_CTL` naming the control FIFO of a `perf record --control fifo:… -D -1`, the
+/// profile covers the measured phases only (not the fills).
+fn perf_control(command: &str) {
+    if let Some(fifo) = std::env::var_os("BENCH_PERF_CTL") {
+        let _ = std::fs::write(fifo, format!("{command}\n"));
     }
 }

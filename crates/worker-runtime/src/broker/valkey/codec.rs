@@ -194,7 +194,7 @@ fn bytes_of(value: Value) -> Result<Vec<u8>, String> {
 /// The delivery of entry `id` with these fields.
 pub(super) fn decode(
     topic: &Arc<str>,
-    id: &str,
+    id: &Arc<str>,
     fields: Vec<(Vec<u8>, Vec<u8>)>,
     redelivery_count: u32,
 ) -> Delivery {
@@ -213,7 +213,7 @@ pub(super) fn decode(
             b"props" => match serde_json::from_slice::<Properties>(&value) {
                 Ok(properties) => message.properties = properties,
                 Err(error) => {
-                    tracing::warn!(entry = id, %error, "valkey entry has unreadable properties");
+                    tracing::warn!(entry = &**id, %error, "valkey entry has unreadable properties");
                 }
             },
             b"key" => message.key = Some(String::from_utf8_lossy(&value).into_owned()),
@@ -228,7 +228,7 @@ pub(super) fn decode(
     // Entry ids start with the milliseconds at which the server stored them.
     let published = published.or_else(|| id.split('-').next().and_then(|ms| ms.parse().ok()));
     Delivery {
-        id: MessageId::from_text(id),
+        id: MessageId::from_text(Arc::clone(id)),
         topic: Arc::clone(topic),
         message: Arc::new(message),
         redelivery_count,
@@ -256,7 +256,7 @@ mod tests {
             .with_key("k-1");
         let fields = encode(&message, 1_700_000_000_123).expect("encodes");
         let topic: Arc<str> = Arc::from("q1/a/b/c");
-        let delivery = decode(&topic, "1700000000999-0", flat(&fields), 2);
+        let delivery = decode(&topic, &Arc::from("1700000000999-0"), flat(&fields), 2);
         assert_eq!(*delivery.message, message);
         assert_eq!(delivery.redelivery_count, 2);
         assert_eq!(delivery.id, MessageId::from_text("1700000000999-0"));
@@ -270,7 +270,7 @@ mod tests {
     fn foreign_entries_become_properties() {
         let topic: Arc<str> = Arc::from("q1/a/b/c");
         let fields = vec![(b"temp".to_vec(), b"21".to_vec())];
-        let delivery = decode(&topic, "5-0", fields, 0);
+        let delivery = decode(&topic, &Arc::from("5-0"), fields, 0);
         assert!(delivery.payload().is_empty());
         assert_eq!(delivery.property("temp"), Some("21"));
         assert_eq!(

@@ -15,7 +15,9 @@
 //! Redelivery counts are the server's per-entry delivery counters (minus one): 0 for a fresh read,
 //! read with `XPENDING` for entries recovered or claimed, and raised by one on nack.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,10 +50,14 @@ struct Inner {
     topic: Arc<str>,
     group: String,
     consumer: String,
-    /// The most deliveries claimed from dead consumers that may wait in the buffer.
+    /// The subscription's `receiver_queue_size`: a read asks for enough entries to hold this
+    /// many (handed out or buffered), and claims from dead consumers stop when the buffer holds
+    /// this many.
     prefetch: usize,
     local: Mutex<Local>,
     reader: tokio::sync::Mutex<Reader>,
+    /// A read ahead is running (see [`Inner::hand_out`]).
+    reading_ahead: AtomicBool,
     closed: CancellationToken,
     /// For failover and exclusive subscriptions: whether this consumer is the active one.
     ownership: Option<Ownership>,
@@ -113,6 +119,7 @@ impl ValkeySubscription {
                 connection: None,
                 dirty: true,
             }),
+            reading_ahead: AtomicBool::new(false),
             closed: CancellationToken::new(),
             ownership,
         });
@@ -155,7 +162,7 @@ impl Drop for Inner {
 
 impl Subscription for ValkeySubscription {
     fn receive(&self, max: usize) -> BoxFuture<'_, Result<Vec<Delivery>, BrokerError>> {
-        Box::pin(self.inner.receive(max.max(1)))
+        Box::pin(Inner::receive(&self.inner, max.max(1)))
     }
 
     fn ack(&self, ids: Vec<MessageId>) -> BoxFuture<'_, Result<(), BrokerError>> {
@@ -176,7 +183,14 @@ impl Subscription for ValkeySubscription {
 }
 
 impl Inner {
-    async fn receive(&self, max: usize) -> Result<Vec<Delivery>, BrokerError> {
+    async fn receive(self: &Arc<Self>, max: usize) -> Result<Vec<Delivery>, BrokerError> {
+        // What is buffered needs no reader: a read ahead in flight does not hold it up.
+        let standby = || self.ownership.as_ref().is_some_and(|o| !o.is_active());
+        if !self.closed.is_cancelled() && !standby() {
+            if let Some(batch) = self.hand_out(max) {
+                return Ok(batch);
+            }
+        }
         let mut reader = self.reader.lock().await;
         let mut pause = RETRY_MIN;
         loop {
@@ -188,13 +202,13 @@ impl Inner {
                 ownership.wait_active(&self.closed).await;
                 continue;
             }
-            if let Some(batch) = self.take_buffered(max) {
+            if let Some(batch) = self.hand_out(max) {
                 return Ok(batch);
             }
             let step = if reader.dirty {
                 self.recover(&mut reader).await
             } else {
-                self.read_new(&mut reader, max).await
+                self.read_new(&mut reader, max, Wait::Block).await
             };
             match step {
                 Ok(()) => pause = RETRY_MIN,
@@ -235,15 +249,62 @@ impl Inner {
             .await
     }
 
-    /// Reads new entries (`>`), blocking up to the block timeout, into the buffer.
-    async fn read_new(&self, reader: &mut Reader, max: usize) -> Result<(), BrokerError> {
-        let options = &self.shared.options;
-        // Serve what became due first; the maintenance task covers the time spent blocked.
-        if let Err(error) = delayed::move_due(&self.shared, &self.keys).await {
-            if error.is_transient() {
-                return Err(error);
+    /// Takes up to `max` buffered deliveries and, when that leaves the buffer running low while
+    /// it still has some, starts a read ahead so that the next batch is on its way before the
+    /// buffer runs dry.
+    fn hand_out(self: &Arc<Self>, max: usize) -> Option<Vec<Delivery>> {
+        let (batch, low) = self.take_buffered(max)?;
+        if low && !self.reading_ahead.swap(true, Ordering::AcqRel) {
+            tokio::spawn(Arc::clone(self).read_ahead());
+        }
+        Some(batch)
+    }
+
+    /// One read of what is already in the stream, without blocking, into the buffer: keeps a
+    /// consumer that drains a backlog from waiting a whole round trip (and the server's work for
+    /// a batch) each time its buffer empties. Best effort: on any trouble it leaves the reader as
+    /// `receive` expects it (dirty, or without a connection) and `receive` deals with it.
+    async fn read_ahead(self: Arc<Self>) {
+        let mut reader = self.reader.lock().await;
+        let wanted = {
+            let local = self.local.lock();
+            let room = self.prefetch.saturating_sub(local.held.len());
+            (local.buffer.len() < self.low_water() && room > 0).then_some(room)
+        };
+        let standby = self.ownership.as_ref().is_some_and(|o| !o.is_active());
+        if let Some(room) = wanted.filter(|_| !reader.dirty && !standby) {
+            if let Err(error) = self.read_new(&mut reader, room, Wait::No).await {
+                if error.is_transient() {
+                    reader.connection = None;
+                }
+                tracing::debug!(stream = %self.keys.stream, %error, "valkey read ahead failed");
             }
-            tracing::warn!(stream = %self.keys.stream, %error, "valkey delay mover failed");
+        }
+        self.reading_ahead.store(false, Ordering::Release);
+    }
+
+    /// Below this many buffered deliveries a read ahead starts.
+    fn low_water(&self) -> usize {
+        self.prefetch / 2
+    }
+
+    /// Reads new entries (`>`) into the buffer; with [`Wait::Block`] it waits up to the block
+    /// timeout for some to arrive.
+    async fn read_new(
+        &self,
+        reader: &mut Reader,
+        max: usize,
+        wait: Wait,
+    ) -> Result<(), BrokerError> {
+        let options = &self.shared.options;
+        if wait == Wait::Block {
+            // Serve what became due first; the maintenance task covers the time spent blocked.
+            if let Err(error) = delayed::move_due(&self.shared, &self.keys).await {
+                if error.is_transient() {
+                    return Err(error);
+                }
+                tracing::warn!(stream = %self.keys.stream, %error, "valkey delay mover failed");
+            }
         }
         let mut connection = match &reader.connection {
             Some(connection) => connection.clone(),
@@ -253,18 +314,25 @@ impl Inner {
                 connection
             }
         };
+        // Ask for what the caller wants and enough beyond it to fill the prefetch: the caller
+        // may take only a few at a time (a worker asks for as many as it has free handler
+        // slots), and the surplus waits in the buffer for the next receives instead of costing a
+        // round trip each.
+        let count = self
+            .prefetch
+            .saturating_sub(self.local.lock().held.len())
+            .max(max);
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(&self.group)
             .arg(&self.consumer)
             .arg("COUNT")
-            .arg(max)
-            .arg("BLOCK")
+            .arg(count);
+        if wait == Wait::Block {
             // `BLOCK 0` would wait forever.
-            .arg(millis(options.block_timeout).max(1))
-            .arg("STREAMS")
-            .arg(&self.keys.stream)
-            .arg(">");
+            cmd.arg("BLOCK").arg(millis(options.block_timeout).max(1));
+        }
+        cmd.arg("STREAMS").arg(&self.keys.stream).arg(">");
         // From here until the reply is buffered, the server may have delivered entries we do not
         // hold: if this future is dropped, the next receive recovers them from the PEL.
         reader.dirty = true;
@@ -369,7 +437,9 @@ impl Inner {
         }
     }
 
-    fn take_buffered(&self, max: usize) -> Option<Vec<Delivery>> {
+    /// Up to `max` buffered deliveries, now handed out, and whether the buffer runs low: some
+    /// left, fewer than the low-water mark, and room in the prefetch for more.
+    fn take_buffered(&self, max: usize) -> Option<(Vec<Delivery>, bool)> {
         let mut local = self.local.lock();
         if local.buffer.is_empty() {
             return None;
@@ -377,10 +447,17 @@ impl Inner {
         let count = max.min(local.buffer.len());
         let batch: Vec<Delivery> = local.buffer.drain(..count).collect();
         for delivery in &batch {
-            let id = held_key(&delivery.id);
-            local.held.insert(id, Held::Handed(delivery.clone()));
+            let handed = Held::Handed(delivery.clone());
+            match local.held.get_mut(held_text(&delivery.id).as_ref()) {
+                Some(held) => *held = handed,
+                None => {
+                    local.held.insert(held_key(&delivery.id), handed);
+                }
+            }
         }
-        Some(batch)
+        let left = local.buffer.len();
+        let low = left > 0 && left < self.low_water() && local.held.len() < self.prefetch;
+        Some((batch, low))
     }
 
     async fn xack(&self, ids: &[impl redis::ToRedisArgs]) -> Result<(), BrokerError> {
@@ -393,20 +470,27 @@ impl Inner {
         if ids.is_empty() {
             return Ok(());
         }
-        let keys: Vec<Arc<str>> = ids.iter().map(held_key).collect();
-        let texts: Vec<&str> = keys.iter().map(|k| &**k).collect();
+        let keys: Vec<Cow<'_, str>> = ids.iter().map(held_text).collect();
+        let texts: Vec<&str> = keys.iter().map(|k| k.as_ref()).collect();
         let acked = self.xack(&texts).await;
-        let mut local = self.local.lock();
-        let mut unbuffer = false;
-        for key in &keys {
-            if let Some(Held::Buffered) = local.held.remove(key) {
-                unbuffer = true;
+        let released: Vec<Held> = {
+            let mut local = self.local.lock();
+            let mut released = Vec::with_capacity(texts.len());
+            let mut unbuffer = false;
+            for text in &texts {
+                if let Some(held) = local.held.remove(*text) {
+                    unbuffer |= matches!(held, Held::Buffered);
+                    released.push(held);
+                }
             }
-        }
-        if unbuffer {
-            let Local { buffer, held } = &mut *local;
-            buffer.retain(|d| held.contains_key(&held_key(&d.id)));
-        }
+            if unbuffer {
+                let Local { buffer, held } = &mut *local;
+                buffer.retain(|d| held.contains_key(held_text(&d.id).as_ref()));
+            }
+            released
+        };
+        // Their messages are freed here, not while the buffer is locked.
+        drop(released);
         // On failure the entries are forgotten all the same: no longer renewed, they are
         // reclaimed after the visibility timeout and delivered again (at least once), instead of
         // staying pending with this consumer for as long as it lives.
@@ -532,7 +616,7 @@ impl Inner {
             }
             if unbuffer {
                 let Local { buffer, held } = &mut *local;
-                buffer.retain(|d| held.contains_key(&held_key(&d.id)));
+                buffer.retain(|d| held.contains_key(held_text(&d.id).as_ref()));
             }
         }
         Ok(())
@@ -684,6 +768,23 @@ fn held_key(id: &MessageId) -> Arc<str> {
         Some(text) => Arc::from(text),
         None => Arc::from(id.to_string()),
     }
+}
+
+/// The text of that key, borrowed where it can be (entry ids are always text).
+fn held_text(id: &MessageId) -> Cow<'_, str> {
+    match id.as_text() {
+        Some(text) => Cow::Borrowed(text),
+        None => Cow::Owned(id.to_string()),
+    }
+}
+
+/// Whether a read waits on the server for entries to arrive.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// Up to the block timeout.
+    Block,
+    /// Not at all: what is there now, possibly nothing.
+    No,
 }
 
 /// The delivery counter in one `XPENDING key group id id 1` reply (`[[id, consumer, idle,
