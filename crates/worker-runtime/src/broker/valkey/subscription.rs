@@ -24,6 +24,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use redis::aio::MultiplexedConnection;
 use redis::Value;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use worker_core::{
     BoxFuture, BrokerError, ConsumerType, Delivery, InitialPosition, MessageId, SubscribeOptions,
@@ -58,6 +59,8 @@ struct Inner {
     reader: tokio::sync::Mutex<Reader>,
     /// A read ahead is running (see [`Inner::hand_out`]).
     reading_ahead: AtomicBool,
+    /// When a blocking read last moved due delayed messages.
+    last_due_check: Mutex<Option<Instant>>,
     closed: CancellationToken,
     /// For failover and exclusive subscriptions: whether this consumer is the active one.
     ownership: Option<Ownership>,
@@ -120,6 +123,7 @@ impl ValkeySubscription {
                 dirty: true,
             }),
             reading_ahead: AtomicBool::new(false),
+            last_due_check: Mutex::new(None),
             closed: CancellationToken::new(),
             ownership,
         });
@@ -283,6 +287,21 @@ impl Inner {
         self.reading_ahead.store(false, Ordering::Release);
     }
 
+    /// Whether a blocking read should move due delayed messages first: at most once per
+    /// [`super::ValkeyOptions::delayed_poll_interval`], as often as the maintenance task does,
+    /// so that a consumer reading back to back does not pay a round trip for it each time.
+    fn due_check_is_due(&self) -> bool {
+        let now = Instant::now();
+        let mut last = self.last_due_check.lock();
+        match *last {
+            Some(at) if now.duration_since(at) < self.shared.options.delayed_poll_interval => false,
+            _ => {
+                *last = Some(now);
+                true
+            }
+        }
+    }
+
     /// Below this many buffered deliveries a read ahead starts.
     fn low_water(&self) -> usize {
         self.prefetch / 2
@@ -297,7 +316,7 @@ impl Inner {
         wait: Wait,
     ) -> Result<(), BrokerError> {
         let options = &self.shared.options;
-        if wait == Wait::Block {
+        if wait == Wait::Block && self.due_check_is_due() {
             // Serve what became due first; the maintenance task covers the time spent blocked.
             if let Err(error) = delayed::move_due(&self.shared, &self.keys).await {
                 if error.is_transient() {
@@ -425,20 +444,27 @@ impl Inner {
     /// Decodes entries into the back of the buffer, skipping any already held.
     #[allow(clippy::type_complexity)]
     fn buffer(&self, entries: Vec<(String, Vec<(Vec<u8>, Vec<u8>)>, u32)>) {
+        // Decoded before locking, so that handing out is never held up by decoding.
+        let decoded: Vec<(Arc<str>, Delivery)> = entries
+            .into_iter()
+            .map(|(id, fields, redelivery_count)| {
+                let id: Arc<str> = Arc::from(id);
+                let delivery = codec::decode(&self.topic, &id, fields, redelivery_count);
+                (id, delivery)
+            })
+            .collect();
         let mut local = self.local.lock();
-        for (id, fields, redelivery_count) in entries {
-            let id: Arc<str> = Arc::from(id);
+        for (id, delivery) in decoded {
             if local.held.contains_key(&id) {
                 continue;
             }
-            let delivery = codec::decode(&self.topic, &id, fields, redelivery_count);
             local.held.insert(id, Held::Buffered);
             local.buffer.push_back(delivery);
         }
     }
 
-    /// Up to `max` buffered deliveries, now handed out, and whether the buffer runs low: some
-    /// left, fewer than the low-water mark, and room in the prefetch for more.
+    /// Up to `max` buffered deliveries, now handed out, and whether the buffer runs low: fewer
+    /// than the low-water mark left, and room in the prefetch for more.
     fn take_buffered(&self, max: usize) -> Option<(Vec<Delivery>, bool)> {
         let mut local = self.local.lock();
         if local.buffer.is_empty() {
@@ -455,8 +481,9 @@ impl Inner {
                 }
             }
         }
-        let left = local.buffer.len();
-        let low = left > 0 && left < self.low_water() && local.held.len() < self.prefetch;
+        // Low even when empty: the next batch then travels while this one is handled, instead of
+        // after it, in the next receive.
+        let low = local.buffer.len() < self.low_water() && local.held.len() < self.prefetch;
         Some((batch, low))
     }
 

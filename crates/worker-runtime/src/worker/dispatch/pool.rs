@@ -1,0 +1,120 @@
+//! The pool dispatcher, for shared subscriptions.
+//!
+//! One dispatch loop per runtime thread (no more than `concurrency`). A loop receives a batch when
+//! everything it received before has started and it holds a free slot, and runs its deliveries'
+//! handlers itself, as futures it polls, instead of spawning a tokio task for each: no task to
+//! allocate, schedule and wake per message, while the loops still spread handlers over every
+//! core. All loops draw from one semaphore of `concurrency` slots, so the bound holds across them.
+//!
+//! A handler that blocks its thread (CPU-bound work outside `spawn_blocking`) holds up the other
+//! handlers of its loop, as it would any task of that runtime thread.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use futures_util::stream::{FuturesUnordered, StreamExt as _};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use worker_core::Delivery;
+
+use crate::task::Task;
+
+use super::{Dispatch, MAX_RECEIVE_BATCH, RECEIVE_RETRY_FIRST};
+
+impl Dispatch {
+    /// Starts the dispatch loops and returns once shutdown starts; the loops then wind down on
+    /// their own (tracked by [`Dispatch::tracker`]).
+    pub async fn pool<T: Task>(self: Arc<Self>) {
+        let config = &self.env.config;
+        let loops = loop_count(config.concurrency);
+        let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
+        // Together the loops prefetch up to the receiver queue size: a network broker then
+        // answers one request per batch, not one per free slot, while the slots bound what runs.
+        let batch = (config.receiver_queue_size / loops).clamp(1, MAX_RECEIVE_BATCH);
+        for _ in 0..loops {
+            let dispatch = self.clone();
+            self.tracker
+                .spawn(dispatch.dispatch_loop::<T>(slots.clone(), batch));
+        }
+        self.env.stopping.cancelled().await;
+    }
+
+    /// One dispatch loop: receives batches of up to `batch` and runs them, each delivery once it
+    /// holds one of `slots`, until shutdown starts; then lets what runs finish. Aborting (the
+    /// grace period is over, or the worker was dropped) ends it at once, dropping its handlers.
+    async fn dispatch_loop<T: Task>(self: Arc<Self>, slots: Arc<Semaphore>, batch: usize) {
+        tokio::select! {
+            biased;
+            _ = self.abort.cancelled() => {}
+            _ = self.run_loop::<T>(&slots, batch) => {}
+        }
+    }
+
+    async fn run_loop<T: Task>(&self, slots: &Arc<Semaphore>, batch: usize) {
+        let env = &self.env;
+        let mut running = FuturesUnordered::new();
+        // Received, not started yet.
+        let mut waiting: VecDeque<Delivery> = VecDeque::new();
+        // A free slot, held for the next delivery to start.
+        let mut slot: Option<OwnedSemaphorePermit> = None;
+        // A receive in flight survives the other events of the loop: dropping it would waste the
+        // broker's work (and a network backend's round trip) each time a handler finishes.
+        let mut receiving = None;
+        let mut pause = RECEIVE_RETRY_FIRST;
+        loop {
+            while !waiting.is_empty() {
+                let Some(permit) = slot
+                    .take()
+                    .or_else(|| slots.clone().try_acquire_owned().ok())
+                else {
+                    break;
+                };
+                if let Some(delivery) = waiting.pop_front() {
+                    running.push(self.handle::<T>(delivery, Some(permit)));
+                }
+            }
+            if waiting.is_empty() && receiving.is_none() {
+                if slot.is_none() {
+                    slot = slots.clone().try_acquire_owned().ok();
+                }
+                if slot.is_some() {
+                    receiving = Some(Box::pin(self.receive(batch, pause)));
+                }
+            }
+            let wants_slot = slot.is_none() && (!waiting.is_empty() || receiving.is_none());
+            tokio::select! {
+                biased;
+                _ = env.stopping.cancelled() => break,
+                Some(()) = running.next(), if !running.is_empty() => {}
+                permit = slots.clone().acquire_owned(), if wants_slot => match permit {
+                    Ok(permit) => slot = Some(permit),
+                    Err(_) => break,
+                },
+                received = async { receiving.as_mut().expect("checked by the branch's condition").await },
+                    if receiving.is_some() =>
+                {
+                    receiving = None;
+                    match received {
+                        Some((deliveries, next_pause)) => {
+                            pause = next_pause;
+                            waiting.extend(deliveries);
+                        }
+                        None => break,
+                    }
+                }
+            }
+        }
+        // Shutting down: nothing more starts; what runs may finish, within the grace period.
+        drop(receiving);
+        drop(slot);
+        self.never_started(waiting);
+        while running.next().await.is_some() {}
+    }
+}
+
+/// How many dispatch loops a task runs: one per runtime thread, no more than its concurrency.
+fn loop_count(concurrency: usize) -> usize {
+    let threads = tokio::runtime::Handle::try_current()
+        .map(|runtime| runtime.metrics().num_workers())
+        .unwrap_or(1);
+    threads.min(concurrency).max(1)
+}
