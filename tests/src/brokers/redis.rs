@@ -13,7 +13,8 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
-    /// Starts one with `appendonly yes` and `appendfsync everysec`, or returns `None` (after a
+    /// Starts one with `appendonly yes`, `appendfsync everysec` and no automatic rewrites of the
+    /// append-only file, or returns `None` (after a
     /// loud skip message) when `redis-server` is not installed; panics instead with
     /// `REQUIRE_BROKERS=1`.
     pub fn start() -> Option<Self> {
@@ -72,6 +73,10 @@ impl RedisServer {
                 "yes",
                 "--appendfsync",
                 fsync,
+                // No background rewrites of the append-only file: their fork competes for the CPU
+                // at moments nobody chose, which blurs benchmarks and slows tests.
+                "--auto-aof-rewrite-percentage",
+                "0",
                 "--dir",
                 &dir.display().to_string(),
             ]

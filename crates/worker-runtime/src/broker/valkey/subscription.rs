@@ -51,9 +51,9 @@ struct Inner {
     topic: Arc<str>,
     group: String,
     consumer: String,
-    /// The subscription's `receiver_queue_size`: a read asks for enough entries to hold this
-    /// many (handed out or buffered), and claims from dead consumers stop when the buffer holds
-    /// this many.
+    /// The subscription's `receiver_queue_size`: how many deliveries may wait in the buffer. As
+    /// with Pulsar's receiver queue, deliveries handed out and not yet acked do not count: the
+    /// caller bounds those by how much it takes.
     prefetch: usize,
     local: Mutex<Local>,
     reader: tokio::sync::Mutex<Reader>,
@@ -253,9 +253,8 @@ impl Inner {
             .await
     }
 
-    /// Takes up to `max` buffered deliveries and, when that leaves the buffer running low while
-    /// it still has some, starts a read ahead so that the next batch is on its way before the
-    /// buffer runs dry.
+    /// Takes up to `max` buffered deliveries and, when that leaves the buffer running low, starts
+    /// a read ahead so that the next batch is on its way before the buffer runs dry.
     fn hand_out(self: &Arc<Self>, max: usize) -> Option<Vec<Delivery>> {
         let (batch, low) = self.take_buffered(max)?;
         if low && !self.reading_ahead.swap(true, Ordering::AcqRel) {
@@ -272,8 +271,8 @@ impl Inner {
         let mut reader = self.reader.lock().await;
         let wanted = {
             let local = self.local.lock();
-            let room = self.prefetch.saturating_sub(local.held.len());
-            (local.buffer.len() < self.low_water() && room > 0).then_some(room)
+            let room = self.prefetch.saturating_sub(local.buffer.len());
+            (local.buffer.len() < self.low_water()).then_some(room)
         };
         let standby = self.ownership.as_ref().is_some_and(|o| !o.is_active());
         if let Some(room) = wanted.filter(|_| !reader.dirty && !standby) {
@@ -339,7 +338,7 @@ impl Inner {
         // round trip each.
         let count = self
             .prefetch
-            .saturating_sub(self.local.lock().held.len())
+            .saturating_sub(self.local.lock().buffer.len())
             .max(max);
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
@@ -464,7 +463,7 @@ impl Inner {
     }
 
     /// Up to `max` buffered deliveries, now handed out, and whether the buffer runs low: fewer
-    /// than the low-water mark left, and room in the prefetch for more.
+    /// than the low-water mark left.
     fn take_buffered(&self, max: usize) -> Option<(Vec<Delivery>, bool)> {
         let mut local = self.local.lock();
         if local.buffer.is_empty() {
@@ -483,7 +482,7 @@ impl Inner {
         }
         // Low even when empty: the next batch then travels while this one is handled, instead of
         // after it, in the next receive.
-        let low = local.buffer.len() < self.low_water() && local.held.len() < self.prefetch;
+        let low = local.buffer.len() < self.low_water();
         Some((batch, low))
     }
 

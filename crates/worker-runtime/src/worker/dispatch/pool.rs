@@ -27,9 +27,10 @@ impl Dispatch {
         let config = &self.env.config;
         let loops = loop_count(config.concurrency);
         let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
-        // Together the loops prefetch up to the receiver queue size: a network broker then
-        // answers one request per batch, not one per free slot, while the slots bound what runs.
-        let batch = (config.receiver_queue_size / loops).clamp(1, MAX_RECEIVE_BATCH);
+        // A loop takes a quarter of its share of the receiver queue at a time: enough that a
+        // receive is rare, few enough that the loops share the work evenly and that the broker
+        // client refills its queue while they run (the slots bound what runs).
+        let batch = (config.receiver_queue_size / (4 * loops)).clamp(1, MAX_RECEIVE_BATCH);
         for _ in 0..loops {
             let dispatch = self.clone();
             self.tracker
@@ -84,7 +85,12 @@ impl Dispatch {
             tokio::select! {
                 biased;
                 _ = env.stopping.cancelled() => break,
-                Some(()) = running.next(), if !running.is_empty() => {}
+                Some(()) = running.next(), if !running.is_empty() => {
+                    // A settled delivery is a unit of work: the loop yields to the runtime's
+                    // other tasks (the broker connection, the ack flusher) every so often
+                    // instead of running a whole batch in one go.
+                    tokio::task::coop::consume_budget().await;
+                }
                 permit = slots.clone().acquire_owned(), if wants_slot => match permit {
                     Ok(permit) => slot = Some(permit),
                     Err(_) => break,
