@@ -231,11 +231,17 @@ impl TaskConfig {
 }
 
 /// The default concurrency: the number of cores, at least 4.
+///
+/// Read once per process: asking the system reads cgroup files each time, and every task config
+/// (built on each enqueue) starts from this value.
 pub fn default_concurrency() -> usize {
-    std::thread::available_parallelism()
-        .map(usize::from)
-        .unwrap_or(1)
-        .max(4)
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cores = *CORES.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map(usize::from)
+            .unwrap_or(1)
+    });
+    cores.max(4)
 }
 
 /// A configuration value that is not acceptable, naming the task and the key.
