@@ -322,11 +322,15 @@ impl Subscription for MqttSubscription {
     /// at once for deliveries of an earlier connection, which the broker redelivers.
     fn ack(&self, ids: Vec<MessageId>) -> BoxFuture<'_, Result<(), BrokerError>> {
         Box::pin(async move {
+            // Oldest first: mosquitto looks an acked message up by scanning its in-flight list
+            // from the oldest, so acks in arrival order are found at once, while acks in the
+            // order handlers happened to finish cost the broker a long scan each.
+            let mut seqs: Vec<u64> = ids.iter().filter_map(MessageId::as_u64).collect();
+            seqs.sort_unstable();
             let mut waits = Vec::new();
             {
                 let mut state = self.shared.state.lock();
-                for id in ids {
-                    let Some(seq) = id.as_u64() else { continue };
+                for seq in seqs {
                     let Some(held) = state.held.remove(&seq) else {
                         continue;
                     };
