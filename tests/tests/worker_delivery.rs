@@ -404,3 +404,65 @@ async fn the_worker_is_ready_only_once_every_task_has_subscribed() {
     worker.stop().await;
     assert!(!metrics.is_ready(), "not ready after stopping");
 }
+
+static SLOT_JOBS_RUNNING: AtomicUsize = AtomicUsize::new(0);
+static SLOT_JOBS_PEAK: AtomicUsize = AtomicUsize::new(0);
+static SLOT_JOBS_ALONE: AtomicUsize = AtomicUsize::new(0);
+static SLOT_JOBS_DONE: AtomicUsize = AtomicUsize::new(0);
+
+/// Waits until it runs beside another handler (or gives up after 2 s and says so), then a little
+/// longer so that its partner sees it too.
+#[pulsar_io_task(topic = "q1/test/delivery/slots", concurrency = 2)]
+async fn in_pairs(_n: u32) -> Result<(), TaskError> {
+    let running = SLOT_JOBS_RUNNING.fetch_add(1, Ordering::SeqCst) + 1;
+    SLOT_JOBS_PEAK.fetch_max(running, Ordering::SeqCst);
+    let alone_until = tokio::time::Instant::now() + Duration::from_secs(2);
+    while SLOT_JOBS_RUNNING.load(Ordering::SeqCst) < 2 {
+        if tokio::time::Instant::now() >= alone_until {
+            SLOT_JOBS_ALONE.fetch_add(1, Ordering::SeqCst);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    SLOT_JOBS_RUNNING.fetch_sub(1, Ordering::SeqCst);
+    SLOT_JOBS_DONE.fetch_add(1, Ordering::SeqCst);
+    Ok(())
+}
+
+/// On a runtime of several threads the worker runs a dispatch loop per thread. A loop waiting on
+/// an empty topic must not sit on a concurrency slot while another loop has deliveries waiting
+/// for one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_concurrency_slot_is_used_and_none_beyond() {
+    const COUNT: usize = 6;
+    let broker = Arc::new(MemoryBroker::new());
+    // All queued before the worker starts: one loop takes them all, the other finds none.
+    for n in 0..COUNT as u32 {
+        in_pairs::enqueue(&*broker, &n).await.expect("enqueue");
+    }
+    let worker = RunningWorker::start(
+        Worker::builder()
+            .broker(broker.clone())
+            .task(in_pairs::task()),
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while SLOT_JOBS_DONE.load(Ordering::SeqCst) < COUNT && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let report = worker.stop().await;
+    assert_eq!(
+        report.task("in_pairs").map(|t| t.succeeded),
+        Some(COUNT as u64)
+    );
+    assert_eq!(
+        SLOT_JOBS_ALONE.load(Ordering::SeqCst),
+        0,
+        "a handler ran alone while a slot and a delivery were both free"
+    );
+    assert_eq!(
+        SLOT_JOBS_PEAK.load(Ordering::SeqCst),
+        2,
+        "never more than two handlers at once"
+    );
+}

@@ -87,7 +87,7 @@ fn consumer_name(run: u64) -> String {
     format!("fw-r{run}")
 }
 
-fn raw_client(port: u16, run: u64) -> (AsyncClient, EventLoop) {
+fn raw_client(port: u16, run: u64, messages: u64) -> (AsyncClient, EventLoop) {
     let mut options = RawOptions::new(format!("raw-r{run}"), "127.0.0.1", port);
     options
         .set_clean_start(false)
@@ -96,8 +96,10 @@ fn raw_client(port: u16, run: u64) -> (AsyncClient, EventLoop) {
         .set_receive_maximum(Some(RECEIVE_MAXIMUM))
         .set_keep_alive(Duration::from_secs(30));
     // The loop acks (try_ack) in the task that polls the event loop, which reads requests only
-    // between incoming packets: room for every ack of a burst.
-    AsyncClient::new(options, 1 << 16)
+    // between incoming packets: room for every ack of the run, since a drain's incoming packets
+    // can keep it from reading any for a long time (a full channel failed the loop).
+    let capacity = usize::try_from(messages).unwrap_or(usize::MAX).max(1 << 16) + 1024;
+    AsyncClient::new(options, capacity)
 }
 
 impl crate::Backend for Mqtt {
@@ -133,7 +135,7 @@ impl crate::Backend for Mqtt {
                 subscription.close().await?;
             }
             Side::Raw => {
-                let (client, mut events) = raw_client(self.port(), run);
+                let (client, mut events) = raw_client(self.port(), run, 0);
                 let filter = format!("$share/{RAW_GROUP}/{}", mqtt_topic(&topic));
                 client.subscribe(filter, QoS::AtLeastOnce).await?;
                 let limit = Duration::from_secs(10);
@@ -161,7 +163,7 @@ impl crate::Backend for Mqtt {
                 Consumer::framework(Arc::new(broker), spec, topic, &consumer_name(spec.run))
             }
             Side::Raw => {
-                let (client, events) = raw_client(self.port(), spec.run);
+                let (client, events) = raw_client(self.port(), spec.run, spec.messages);
                 let stop = CancellationToken::new();
                 let handle = tokio::spawn(raw_loop(client, events, spec.clone(), stop.clone()));
                 Ok(Consumer::new(stop, handle))

@@ -1,7 +1,7 @@
 //! The pool dispatcher, for shared subscriptions.
 //!
 //! One dispatch loop per runtime thread (no more than `concurrency`). A loop receives a batch when
-//! everything it received before has started and it holds a free slot, and runs its deliveries'
+//! everything it received before has started and a slot is free, and runs its deliveries'
 //! handlers itself, as futures it polls, instead of spawning a tokio task for each: no task to
 //! allocate, schedule and wake per message, while the loops still spread handlers over every
 //! core. All loops draw from one semaphore of `concurrency` slots, so the bound holds across them.
@@ -55,7 +55,7 @@ impl Dispatch {
         let mut running = FuturesUnordered::new();
         // Received, not started yet.
         let mut waiting: VecDeque<Delivery> = VecDeque::new();
-        // A free slot, held for the next delivery to start.
+        // A free slot, taken while waiting for one, for the next delivery to start.
         let mut slot: Option<OwnedSemaphorePermit> = None;
         // A receive in flight survives the other events of the loop: dropping it would waste the
         // broker's work (and a network backend's round trip) each time a handler finishes.
@@ -73,13 +73,14 @@ impl Dispatch {
                     running.push(self.handle::<T>(delivery, Some(permit)));
                 }
             }
-            if waiting.is_empty() && receiving.is_none() {
-                if slot.is_none() {
-                    slot = slots.clone().try_acquire_owned().ok();
-                }
-                if slot.is_some() {
-                    receiving = Some(Box::pin(self.receive(batch, pause)));
-                }
+            // Receive once everything received has started and some slot is free. The slot is
+            // not held while receiving: a receive may wait long on an idle topic, and a held slot
+            // would keep the other loops' deliveries waiting meanwhile.
+            if waiting.is_empty()
+                && receiving.is_none()
+                && (slot.take().is_some() || slots.available_permits() > 0)
+            {
+                receiving = Some(Box::pin(self.receive(batch, pause)));
             }
             let wants_slot = slot.is_none() && (!waiting.is_empty() || receiving.is_none());
             tokio::select! {
