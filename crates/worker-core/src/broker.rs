@@ -101,7 +101,8 @@ pub struct SubscribeOptions {
     pub consumer_type: ConsumerType,
     /// Where a new subscription starts.
     pub initial_position: InitialPosition,
-    /// How many messages the backend may hold for this consumer before it asks for them (prefetch).
+    /// How many messages the backend may hold ready for this consumer before it asks for them
+    /// (prefetch). Deliveries already returned by `receive` and not yet acked do not count.
     pub receiver_queue_size: usize,
 }
 

@@ -8,9 +8,11 @@
 //!   would stall every other command on a shared one). Deliveries the server handed to this
 //!   consumer but the caller never got, because a `receive` was cancelled or the connection broke
 //!   mid-read, are found again by re-reading the consumer's own pending list (ID `0`). One read
-//!   asks for up to the subscription's `receiver_queue_size` (less what the consumer holds
-//!   already) and later receives are served from that prefetch, so a caller that takes a few
-//!   deliveries at a time does not pay a round trip for each few.
+//!   asks for up to the subscription's `receiver_queue_size` (less what is buffered already) and
+//!   later receives are served from that prefetch, so a caller that takes a few deliveries at a
+//!   time does not pay a round trip for each few; when a receive leaves less than half of it
+//!   buffered, the next read starts at once, in the background. As with Pulsar's receiver queue,
+//!   deliveries handed out and not yet acked do not count against it.
 //! - **Ack** is one `XACK` per batch. **Nack** hands the delivery back to the same consumer at once
 //!   and bumps the server's delivery counter.
 //! - **Dead consumers**: entries idle longer than [`ValkeyOptions::visibility_timeout`] are taken
