@@ -102,7 +102,9 @@ pub struct SubscribeOptions {
     /// Where a new subscription starts.
     pub initial_position: InitialPosition,
     /// How many messages the backend may hold ready for this consumer before it asks for them
-    /// (prefetch). Deliveries already returned by `receive` and not yet acked do not count.
+    /// (prefetch). On Pulsar and Valkey deliveries already returned by `receive` and not yet acked
+    /// do not count against it; on MQTT, whose receive maximum bounds unacknowledged messages,
+    /// they do.
     pub receiver_queue_size: usize,
 }
 
