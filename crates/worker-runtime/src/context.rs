@@ -16,15 +16,21 @@ pub struct TaskContext {
 }
 
 struct ContextInner {
-    task: &'static str,
-    topic: Arc<str>,
+    worker: Arc<WorkerSide>,
     message_id: Arc<str>,
     broker_message_id: MessageId,
     attempt: u32,
     message: Arc<Message>,
     principal: Option<Principal>,
-    consumer: Arc<str>,
-    broker: Arc<dyn Broker>,
+}
+
+/// What every context of one task in one worker shares, behind one reference count rather than
+/// one each: a context is made for every delivery, on every thread.
+pub(crate) struct WorkerSide {
+    pub task: &'static str,
+    pub topic: Arc<str>,
+    pub consumer: Arc<str>,
+    pub broker: Arc<dyn Broker>,
 }
 
 /// The parts a [`TaskContext`] is made of.
@@ -55,29 +61,51 @@ impl TaskContext {
             consumer,
             broker,
         } = parts;
+        let worker = Arc::new(WorkerSide {
+            task,
+            topic,
+            consumer,
+            broker,
+        });
+        TaskContext::for_delivery(
+            worker,
+            message_id,
+            broker_message_id,
+            attempt,
+            message,
+            principal,
+        )
+    }
+
+    /// The worker's way to build a context: the task's shared side plus this delivery's facts.
+    pub(crate) fn for_delivery(
+        worker: Arc<WorkerSide>,
+        message_id: Arc<str>,
+        broker_message_id: MessageId,
+        attempt: u32,
+        message: Arc<Message>,
+        principal: Option<Principal>,
+    ) -> Self {
         TaskContext {
             inner: Arc::new(ContextInner {
-                task,
-                topic,
+                worker,
                 message_id,
                 broker_message_id,
                 attempt,
                 message,
                 principal,
-                consumer,
-                broker,
             }),
         }
     }
 
     /// The task's name.
     pub fn task_name(&self) -> &'static str {
-        self.inner.task
+        self.inner.worker.task
     }
 
     /// The topic the message was consumed from.
     pub fn topic(&self) -> &str {
-        &self.inner.topic
+        &self.inner.worker.topic
     }
 
     /// The stable, logical id of the message: the same on every attempt and redelivery.
@@ -117,18 +145,18 @@ impl TaskContext {
 
     /// The name of the worker consuming the message.
     pub fn consumer_name(&self) -> &str {
-        &self.inner.consumer
+        &self.inner.worker.consumer
     }
 
     /// The broker the worker consumes from, to enqueue follow-up tasks:
     /// `other_task::enqueue(ctx.broker(), &payload).await`.
     pub fn broker(&self) -> &dyn Broker {
-        &*self.inner.broker
+        &*self.inner.worker.broker
     }
 
     /// Publishes a raw message to any topic on the worker's broker.
     pub async fn publish(&self, topic: &Topic, message: Message) -> Result<MessageId, BrokerError> {
-        self.inner.broker.publish(topic, message).await
+        self.inner.worker.broker.publish(topic, message).await
     }
 }
 
@@ -136,12 +164,12 @@ impl fmt::Debug for TaskContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let inner = &self.inner;
         f.debug_struct("TaskContext")
-            .field("task", &inner.task)
-            .field("topic", &inner.topic)
+            .field("task", &inner.worker.task)
+            .field("topic", &inner.worker.topic)
             .field("message_id", &inner.message_id)
             .field("attempt", &inner.attempt)
             .field("principal", &inner.principal)
-            .field("consumer", &inner.consumer)
+            .field("consumer", &inner.worker.consumer)
             .finish_non_exhaustive()
     }
 }

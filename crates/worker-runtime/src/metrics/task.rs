@@ -237,11 +237,9 @@ impl TaskMetrics {
     }
 
     /// Counts one handler attempt as running until the returned guard is dropped.
-    pub fn in_flight(&self) -> InFlightGuard {
+    pub fn in_flight(&self) -> InFlightGuard<'_> {
         self.cells.in_flight.fetch_add(1, Relaxed);
-        InFlightGuard {
-            cells: self.cells.clone(),
-        }
+        InFlightGuard { cells: &self.cells }
     }
 
     /// Records that a message waited `d` for the rate limiter; a zero wait is not counted.
@@ -270,17 +268,18 @@ impl fmt::Debug for TaskMetrics {
 
 /// Keeps a task's `worker_in_flight` gauge one higher while it lives.
 #[must_use = "the in-flight gauge goes down again when the guard is dropped"]
-pub struct InFlightGuard {
-    cells: Arc<TaskCells>,
+pub struct InFlightGuard<'a> {
+    // Borrowed, not shared: no reference count to touch twice per delivery.
+    cells: &'a TaskCells,
 }
 
-impl Drop for InFlightGuard {
+impl Drop for InFlightGuard<'_> {
     fn drop(&mut self) {
         self.cells.in_flight.fetch_sub(1, Relaxed);
     }
 }
 
-impl fmt::Debug for InFlightGuard {
+impl fmt::Debug for InFlightGuard<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("InFlightGuard")
             .field("task", &self.cells.task)

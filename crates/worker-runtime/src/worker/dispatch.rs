@@ -42,18 +42,18 @@ pub(crate) struct Dispatch {
 }
 
 /// Marks a delivery that must be given back if its handler is dropped before settling it.
-struct Unsettled {
+struct Unsettled<'a> {
     id: Option<MessageId>,
-    unsettled: mpsc::UnboundedSender<MessageId>,
+    unsettled: &'a mpsc::UnboundedSender<MessageId>,
 }
 
-impl Unsettled {
+impl Unsettled<'_> {
     fn settled(mut self) {
         self.id = None;
     }
 }
 
-impl Drop for Unsettled {
+impl Drop for Unsettled<'_> {
     fn drop(&mut self) {
         if let Some(id) = self.id.take() {
             // The consumer loop gives these back after every handler ended.
@@ -67,7 +67,7 @@ impl Dispatch {
     async fn handle<T: Task>(&self, delivery: Delivery, permit: Option<OwnedSemaphorePermit>) {
         let guard = Unsettled {
             id: Some(delivery.id.clone()),
-            unsettled: self.unsettled.clone(),
+            unsettled: &self.unsettled,
         };
         let env = &self.env;
         let _in_flight = env.metrics.in_flight();

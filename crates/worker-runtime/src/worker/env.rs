@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use worker_core::{Broker, Capabilities, DelayedDelivery, Subscription, TaskConfig};
 
 use crate::auth::TokenVerifier;
+use crate::context::WorkerSide;
 use crate::credits::CreditLedger;
 use crate::metrics::{Metrics, TaskMetrics};
 use crate::middleware::rate_limit::RateLimiter;
@@ -60,6 +61,8 @@ pub(crate) struct TaskEnv {
     pub acks: AckSender,
     pub limiter: Option<RateLimiter>,
     pub metrics: TaskMetrics,
+    /// The part of every handler's context that all deliveries of the task share.
+    pub context: Arc<WorkerSide>,
     pub counters: Counters,
     pub retry_mode: RetryMode,
     /// Cancelled when shutdown starts: stop fetching, stop waiting on retries and rate limits.

@@ -10,7 +10,7 @@ use tracing::Instrument;
 use worker_core::{props, DeadLetterReason, Delivery, ErrorKind, Topic};
 
 use crate::auth::Principal;
-use crate::context::{ContextParts, TaskContext};
+use crate::context::TaskContext;
 use crate::credits::{ChargeKey, ChargeOutcome};
 use crate::middleware::auth::authorize;
 use crate::middleware::panic::catch_panic;
@@ -265,17 +265,14 @@ async fn run_handler<T: Task>(
     message_id: &Arc<str>,
     principal: &Option<Principal>,
 ) -> Verdict {
-    let ctx = TaskContext::new(ContextParts {
-        task: env.task,
-        topic: env.topic.clone(),
-        message_id: message_id.clone(),
-        broker_message_id: delivery.id.clone(),
+    let ctx = TaskContext::for_delivery(
+        env.context.clone(),
+        message_id.clone(),
+        delivery.id.clone(),
         attempt,
-        message: delivery.message.clone(),
-        principal: principal.clone(),
-        consumer: env.shared.consumer.clone(),
-        broker: env.shared.broker.clone(),
-    });
+        delivery.message.clone(),
+        principal.clone(),
+    );
     env.metrics.attempt(attempt);
     let started = Instant::now();
     let result = with_timeout(env.config.timeout, catch_panic(T::handle(payload, ctx))).await;

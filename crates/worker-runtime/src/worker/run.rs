@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use worker_core::{SubscribeOptions, Subscription, TaskConfig};
 
+use crate::context::WorkerSide;
 use crate::middleware::rate_limit::RateLimiter;
 use crate::task::Task;
 
@@ -55,9 +56,17 @@ pub(crate) async fn run_task<T: Task>(run: TaskRun) -> Result<TaskReport, Worker
     };
     shared.subscribed();
     let (acks, flusher) = start_ack_flusher(subscription.clone(), T::NAME);
+    let topic: Arc<str> = Arc::from(config.topic.to_string());
+    let context = Arc::new(WorkerSide {
+        task: T::NAME,
+        topic: topic.clone(),
+        consumer: shared.consumer.clone(),
+        broker: shared.broker.clone(),
+    });
     let env = Arc::new(TaskEnv {
         task: T::NAME,
-        topic: Arc::from(config.topic.to_string()),
+        topic,
+        context,
         retry_mode: TaskEnv::retry_mode(&config, &shared.capabilities),
         limiter: config.rate_limit.map(RateLimiter::new),
         metrics: shared.metrics.task(T::NAME, &config.topic.to_string()),
