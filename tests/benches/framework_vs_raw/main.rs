@@ -279,6 +279,22 @@ fn env_list(name: &str, default: &str) -> Vec<String> {
         .collect()
 }
 
+/// The list in `name` (or `default`), each item one of the names of `choices`.
+fn env_choices<T: Copy>(name: &str, default: &str, choices: &[(&str, T)]) -> Vec<T> {
+    env_list(name, default)
+        .iter()
+        .map(
+            |given| match choices.iter().find(|(choice, _)| choice == given) {
+                Some(&(_, value)) => value,
+                None => {
+                    let names: Vec<&str> = choices.iter().map(|&(choice, _)| choice).collect();
+                    panic!("{name}: unknown value {given:?}, expected one of {names:?}")
+                }
+            },
+        )
+        .collect()
+}
+
 fn env_number(name: &str, default: u64) -> u64 {
     match std::env::var(name) {
         Ok(text) => text
@@ -293,22 +309,16 @@ impl Settings {
         let default_concurrency = worker_runtime::default_concurrency() as u64;
         Settings {
             backends: env_list("BENCH_BACKENDS", "valkey,mqtt"),
-            modes: env_list("BENCH_MODES", "drain,open")
-                .iter()
-                .map(|m| match m.as_str() {
-                    "drain" => Mode::Drain,
-                    "open" => Mode::Open,
-                    other => panic!("unknown mode {other:?}: drain or open"),
-                })
-                .collect(),
-            handlers: env_list("BENCH_HANDLERS", "noop,sleep1ms")
-                .iter()
-                .map(|h| match h.as_str() {
-                    "noop" => Handler::Noop,
-                    "sleep1ms" => Handler::Sleep1ms,
-                    other => panic!("unknown handler {other:?}: noop or sleep1ms"),
-                })
-                .collect(),
+            modes: env_choices(
+                "BENCH_MODES",
+                "drain,open",
+                &[("drain", Mode::Drain), ("open", Mode::Open)],
+            ),
+            handlers: env_choices(
+                "BENCH_HANDLERS",
+                "noop,sleep1ms",
+                &[("noop", Handler::Noop), ("sleep1ms", Handler::Sleep1ms)],
+            ),
             payloads: env_list("BENCH_PAYLOADS", "16,256,1024")
                 .iter()
                 .map(|p| p.parse().expect("payload sizes are numbers"))
@@ -323,14 +333,11 @@ impl Settings {
             receiver_queue_size: std::env::var("BENCH_RECEIVER_QUEUE_SIZE")
                 .ok()
                 .map(|v| v.parse().expect("BENCH_RECEIVER_QUEUE_SIZE is a number")),
-            sides: env_list("BENCH_SIDES", "framework,raw")
-                .iter()
-                .map(|s| match s.as_str() {
-                    "framework" => Side::Framework,
-                    "raw" => Side::Raw,
-                    other => panic!("unknown side {other:?}: framework or raw"),
-                })
-                .collect(),
+            sides: env_choices(
+                "BENCH_SIDES",
+                "framework,raw",
+                &[("framework", Side::Framework), ("raw", Side::Raw)],
+            ),
             raw_batch: env_number(
                 "BENCH_RAW_BATCH",
                 worker_runtime::DEFAULT_RECEIVER_QUEUE_SIZE as u64,

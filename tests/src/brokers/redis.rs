@@ -14,9 +14,8 @@ pub struct RedisServer {
 
 impl RedisServer {
     /// Starts one with `appendonly yes`, `appendfsync everysec` and no automatic rewrites of the
-    /// append-only file, or returns `None` (after a
-    /// loud skip message) when `redis-server` is not installed; panics instead with
-    /// `REQUIRE_BROKERS=1`.
+    /// append-only file, or returns `None` (after a loud skip message) when `redis-server` is not
+    /// installed; panics instead with `REQUIRE_BROKERS=1`.
     pub fn start() -> Option<Self> {
         Self::start_with("everysec", None, false)
     }

@@ -189,8 +189,7 @@ impl Subscription for ValkeySubscription {
 impl Inner {
     async fn receive(self: &Arc<Self>, max: usize) -> Result<Vec<Delivery>, BrokerError> {
         // What is buffered needs no reader: a read ahead in flight does not hold it up.
-        let standby = || self.ownership.as_ref().is_some_and(|o| !o.is_active());
-        if !self.closed.is_cancelled() && !standby() {
+        if !self.closed.is_cancelled() && !self.is_standby() {
             if let Some(batch) = self.hand_out(max) {
                 return Ok(batch);
             }
@@ -274,8 +273,7 @@ impl Inner {
             let room = self.prefetch.saturating_sub(local.buffer.len());
             (local.buffer.len() < self.low_water()).then_some(room)
         };
-        let standby = self.ownership.as_ref().is_some_and(|o| !o.is_active());
-        if let Some(room) = wanted.filter(|_| !reader.dirty && !standby) {
+        if let Some(room) = wanted.filter(|_| !reader.dirty && !self.is_standby()) {
             if let Err(error) = self.read_new(&mut reader, room, Wait::No).await {
                 if error.is_transient() {
                     reader.connection = None;
@@ -299,6 +297,11 @@ impl Inner {
                 true
             }
         }
+    }
+
+    /// Whether this consumer waits as a standby of a failover or exclusive subscription.
+    fn is_standby(&self) -> bool {
+        self.ownership.as_ref().is_some_and(|o| !o.is_active())
     }
 
     /// Below this many buffered deliveries a read ahead starts.
@@ -333,9 +336,9 @@ impl Inner {
             }
         };
         // Ask for what the caller wants and enough beyond it to fill the prefetch: the caller
-        // may take only a few at a time (a worker asks for as many as it has free handler
-        // slots), and the surplus waits in the buffer for the next receives instead of costing a
-        // round trip each.
+        // may take only a few at a time (a worker's dispatch loop takes a share of the queue),
+        // and the surplus waits in the buffer for the next receives instead of costing a round
+        // trip each.
         let count = self
             .prefetch
             .saturating_sub(self.local.lock().buffer.len())
@@ -707,7 +710,7 @@ async fn keep(inner: Arc<Inner>) {
         if let Err(error) = inner.renew().await {
             tracing::debug!(stream = %inner.keys.stream, %error, "valkey lease renewal failed");
         }
-        if inner.ownership.as_ref().is_some_and(|o| !o.is_active()) {
+        if inner.is_standby() {
             // A standby must not take deliveries it may not hand out.
             continue;
         }
@@ -790,10 +793,7 @@ impl Inner {
 
 /// The key under which a delivery is held.
 fn held_key(id: &MessageId) -> Arc<str> {
-    match id.as_text() {
-        Some(text) => Arc::from(text),
-        None => Arc::from(id.to_string()),
-    }
+    Arc::from(held_text(id).as_ref())
 }
 
 /// The text of that key, borrowed where it can be (entry ids are always text).

@@ -76,7 +76,7 @@ impl Dispatch {
         }
         queue.close();
         while let Some(delivery) = queue.recv().await {
-            let _ = self.unsettled.send(delivery.id);
+            self.never_started([delivery]);
         }
     }
 }
