@@ -66,11 +66,31 @@ impl Drop for ChildGuard {
 /// `GET path` on `127.0.0.1:port` over plain HTTP/1.1: the status code and the body, or `None`
 /// if nothing answers.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    http_request(port, "GET", path, None)
+}
+
+/// `method path` on `127.0.0.1:port` over plain HTTP/1.1, with a JSON `body` if given: the status
+/// code and the response body, or `None` if nothing answers.
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let body = body.unwrap_or("");
+    let content = if body.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        )
+    };
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{content}Connection: close\r\n\r\n{body}"
     )
     .ok()?;
     let mut response = String::new();

@@ -1,22 +1,12 @@
-//! The Pulsar backend against a real broker.
-//!
-//! - With `PULSAR_URL` set (e.g. `pulsar://127.0.0.1:6650` from `docker compose up pulsar`), every
-//!   case runs against that Apache Pulsar. Without it they print a loud skip note and pass:
-//!   Apache Pulsar cannot be installed on the machines this project is built on (no container
-//!   engine, no Java packages), so `REQUIRE_BROKERS=1` does not make its absence fail.
-//! - `pulsar_lite_*` start the Pulsar-protocol broker of the PyPI package `pulsar-lite` when it is
-//!   installed (see `find_pulsar_lite`), and check what works with it: publishing, receipts, and
-//!   publishes buffered across a broker restart. Its message frames cannot be read by pulsar-rs
-//!   consumers, so what was stored is read back with the official Python client (`pulsar-client`,
-//!   a dependency of `pulsar-lite`) when it is importable.
+//! The Pulsar backend against a real Apache Pulsar: a standalone broker that this test binary
+//! starts on free ports and all its tests share, each on topics of its own (`PULSAR_URL` points
+//! them at an external broker instead). Without Java and Maven they skip loudly; with
+//! `REQUIRE_BROKERS=1` that fails instead.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use integration_tests::brokers::{free_port, which, BrokerProcess};
+use integration_tests::brokers::PulsarStandalone;
 use worker_runtime::broker::pulsar::{PulsarBroker, PulsarOptions};
 use worker_runtime::{
     Broker, BrokerError, ConsumerType, Delivery, InitialPosition, Message, SubscribeOptions,
@@ -26,21 +16,8 @@ use worker_runtime::{
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-fn pulsar_url() -> Option<String> {
-    match std::env::var("PULSAR_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            eprintln!(
-                "\n!!!!!!!!\n!!! SKIPPED: PULSAR_URL is not set, so this Apache Pulsar test did not run.\n\
-                 !!! No Pulsar broker can be installed on the build machines (no container engine, no\n\
-                 !!! Java packages), so REQUIRE_BROKERS does not apply to Pulsar. To run it:\n\
-                 !!!   docker compose up -d pulsar\n\
-                 !!!   PULSAR_URL=pulsar://127.0.0.1:6650 cargo test -p integration-tests --test pulsar_backend\n\
-                 !!!!!!!!\n"
-            );
-            None
-        }
-    }
+fn pulsar() -> Option<&'static PulsarStandalone> {
+    PulsarStandalone::shared()
 }
 
 /// Logs of the backend and of pulsar-rs, shown with `RUST_LOG=debug` (and `--nocapture`).
@@ -161,11 +138,13 @@ async fn ack_all(subscription: &dyn Subscription, deliveries: &[Delivery]) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Against Apache Pulsar (PULSAR_URL)
+// Against Apache Pulsar
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_and_consume_with_properties_then_ack() {
-    let Some(url) = pulsar_url() else { return };
+    let Some(url) = pulsar().map(PulsarStandalone::url) else {
+        return;
+    };
     let broker = connect(&url).await;
     let topic = unique_topic("props");
     for n in 0..3 {
@@ -203,7 +182,9 @@ async fn publish_and_consume_with_properties_then_ack() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nacked_message_is_delivered_again() {
-    let Some(url) = pulsar_url() else { return };
+    let Some(url) = pulsar().map(PulsarStandalone::url) else {
+        return;
+    };
     let broker = connect(&url).await;
     let topic = unique_topic("nack");
     let subscription = subscribe(&broker, &topic, "s", "c1", ConsumerType::Shared).await;
@@ -222,7 +203,9 @@ async fn a_nacked_message_is_delivered_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shared_subscription_splits_messages_between_consumers() {
-    let Some(url) = pulsar_url() else { return };
+    let Some(url) = pulsar().map(PulsarStandalone::url) else {
+        return;
+    };
     let broker = connect(&url).await;
     let topic = unique_topic("split");
     let mut first = subscribe_options(&topic, "s", "c1", ConsumerType::Shared);
@@ -263,7 +246,9 @@ async fn a_shared_subscription_splits_messages_between_consumers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_subscriptions_each_get_every_message() {
-    let Some(url) = pulsar_url() else { return };
+    let Some(url) = pulsar().map(PulsarStandalone::url) else {
+        return;
+    };
     let broker = connect(&url).await;
     let topic = unique_topic("fanout");
     let a = subscribe(&broker, &topic, "a", "a1", ConsumerType::Shared).await;
@@ -282,7 +267,9 @@ async fn two_subscriptions_each_get_every_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exclusive_subscription_acks_cumulatively_and_nothing_comes_back() {
-    let Some(url) = pulsar_url() else { return };
+    let Some(url) = pulsar().map(PulsarStandalone::url) else {
+        return;
+    };
     let broker = connect(&url).await;
     let topic = unique_topic("cumulative");
     for n in 0..25 {
@@ -317,7 +304,9 @@ async fn an_exclusive_subscription_acks_cumulatively_and_nothing_comes_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delayed_delivery_waits_until_due_on_a_shared_subscription() {
-    let Some(url) = pulsar_url() else { return };
+    let Some(url) = pulsar().map(PulsarStandalone::url) else {
+        return;
+    };
     let broker = connect(&url).await;
     let topic = unique_topic("delay");
     let subscription = subscribe(&broker, &topic, "s", "c1", ConsumerType::Shared).await;
@@ -346,7 +335,9 @@ async fn delayed_delivery_waits_until_due_on_a_shared_subscription() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_mib_payload_round_trips_and_oversized_ones_are_refused() {
-    let Some(url) = pulsar_url() else { return };
+    let Some(url) = pulsar().map(PulsarStandalone::url) else {
+        return;
+    };
     let broker = connect(&url).await;
     let topic = unique_topic("large");
     let payload: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
@@ -361,7 +352,7 @@ async fn a_one_mib_payload_round_trips_and_oversized_ones_are_refused() {
     ack_all(&*subscription, &got).await;
     subscription.close().await.expect("close");
 
-    let limit = broker.options().max_payload_bytes;
+    let limit = broker.options().max_payload_bytes();
     let refused = broker
         .publish(&topic, Message::new(vec![0u8; limit + 1]))
         .await;
@@ -373,7 +364,9 @@ async fn a_one_mib_payload_round_trips_and_oversized_ones_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_shared_keeps_the_order_of_each_key() {
-    let Some(url) = pulsar_url() else { return };
+    let Some(url) = pulsar().map(PulsarStandalone::url) else {
+        return;
+    };
     let broker = connect(&url).await;
     let topic = unique_topic("keys");
     let one = subscribe(&broker, &topic, "k", "k1", ConsumerType::KeyShared).await;
@@ -414,239 +407,4 @@ async fn key_shared_keeps_the_order_of_each_key() {
     }
     one.close().await.expect("close");
     two.close().await.expect("close");
-}
-
-// ---------------------------------------------------------------------------------------------
-// Against pulsar-lite (the PyPI package), where it is installed
-
-/// The pulsar-lite broker binary: `PULSAR_LITE_BIN`, else `pulsar-lite` on `PATH`, else the one
-/// inside the Python package of `PULSAR_LITE_PYTHON` (default `python3`).
-fn find_pulsar_lite() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("PULSAR_LITE_BIN") {
-        return Some(PathBuf::from(path));
-    }
-    if let Some(path) = which("pulsar-lite") {
-        return Some(path);
-    }
-    let output = Command::new(python())
-        .args([
-            "-c",
-            "from pulsar_lite.binary_finder import find_pulsar_lite_binary as f; print(f())",
-        ])
-        .output()
-        .ok()?;
-    let path = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
-    (output.status.success() && path.is_file()).then_some(path)
-}
-
-fn python() -> String {
-    std::env::var("PULSAR_LITE_PYTHON").unwrap_or_else(|_| "python3".to_owned())
-}
-
-fn pulsar_lite_or_skip() -> Option<PathBuf> {
-    let found = find_pulsar_lite();
-    if found.is_none() {
-        eprintln!(
-            "\n!!!!!!!!\n!!! SKIPPED: pulsar-lite is not installed, so this test did not run.\n\
-             !!! Install it with `python3 -m pip install pulsar-lite` (or point PULSAR_LITE_BIN at its\n\
-             !!! broker binary and PULSAR_LITE_PYTHON at the python that has `pulsar-client`).\n!!!!!!!!\n"
-        );
-    }
-    found
-}
-
-fn start_pulsar_lite(binary: &std::path::Path) -> BrokerProcess {
-    let port = free_port();
-    let dir = BrokerProcess::scratch_dir("pulsar-lite");
-    // Its metrics endpoint would otherwise bind 0.0.0.0:8080.
-    std::fs::write(dir.join("pulsar-lite.toml"), "[metrics]\nenabled = false\n")
-        .expect("write the pulsar-lite config");
-    let args = vec![
-        "--config".to_owned(),
-        dir.join("pulsar-lite.toml").display().to_string(),
-        "--addr".to_owned(),
-        format!("127.0.0.1:{port}"),
-        "--db-path".to_owned(),
-        dir.join("db").display().to_string(),
-    ];
-    BrokerProcess::start("pulsar-lite", binary, args, port, dir)
-}
-
-/// What the official Python client read back of one message.
-#[derive(Debug, PartialEq, Eq, PartialOrd, Ord, serde::Deserialize)]
-struct ReadBack {
-    /// The payload, or `<N bytes, sum S>` for one over 64 bytes.
-    body: String,
-    key: Option<String>,
-    properties: BTreeMap<String, String>,
-}
-
-/// Reads `count` messages of `topic` with the official Python client; `None` when
-/// `pulsar-client` is not importable.
-fn read_back_with_python(url: &str, topic: &Topic, count: usize) -> Option<Vec<ReadBack>> {
-    let probe = Command::new(python())
-        .args(["-c", "import pulsar"])
-        .output()
-        .ok()?;
-    if !probe.status.success() {
-        eprintln!(
-            "!!! NOTE: python `pulsar-client` is not importable: stored messages not read back"
-        );
-        return None;
-    }
-    let script = r#"
-import json, sys, pulsar
-url, topic, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
-client = pulsar.Client(url, logger=pulsar.ConsoleLogger(pulsar.LoggerLevel.Error))
-consumer = client.subscribe(topic, "read-back", initial_position=pulsar.InitialPosition.Earliest)
-for _ in range(count):
-    message = consumer.receive(timeout_millis=10000)
-    data = message.data()
-    body = data.decode() if len(data) <= 64 else "<%d bytes, sum %d>" % (len(data), sum(data))
-    key = message.partition_key() or None
-    print(json.dumps({"body": body, "key": key, "properties": message.properties()}))
-    consumer.acknowledge(message)
-client.close()
-"#;
-    let output = Command::new(python())
-        .args(["-c", script, url, &topic.to_string(), &count.to_string()])
-        .output()
-        .expect("run python");
-    assert!(
-        output.status.success(),
-        "python read-back failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let lines = String::from_utf8_lossy(&output.stdout).into_owned();
-    let read: Vec<ReadBack> = lines
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("a JSON line from the read-back script"))
-        .collect();
-    println!("read back {} messages with the Python client", read.len());
-    Some(read)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pulsar_lite_publish() {
-    let Some(binary) = pulsar_lite_or_skip() else {
-        return;
-    };
-    let server = start_pulsar_lite(&binary);
-    let url = format!("pulsar://127.0.0.1:{}", server.port());
-    let broker = Arc::new(connect(&url).await);
-    let topic = unique_topic("lite");
-    let total = 100;
-    // All at once: the backend bounds what is in flight and waits for room in the client's queue.
-    let sends: Vec<_> = (0..total)
-        .map(|n| {
-            let broker = broker.clone();
-            let topic = topic.clone();
-            tokio::spawn(async move {
-                let message = Message::new(format!("m{n}"))
-                    .with_property("n", n.to_string())
-                    .with_key(format!("key-{}", n % 3));
-                broker.publish(&topic, message).await
-            })
-        })
-        .collect();
-    let mut ids = BTreeSet::new();
-    for send in sends {
-        let result = send.await.expect("the publishing task");
-        let id = result.unwrap_or_else(|error| panic!("publish to pulsar-lite: {}", chain(&error)));
-        ids.insert(id);
-    }
-    assert_eq!(ids.len(), total, "every receipt names its own message");
-    let large: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
-    let large_sum: u64 = large.iter().map(|b| u64::from(*b)).sum();
-    publish(
-        &broker,
-        &topic,
-        Message::new(large).with_property("size", "1MiB"),
-    )
-    .await;
-
-    if let Some(read) = read_back_with_python(&url, &topic, total + 1) {
-        let mut expected: Vec<ReadBack> = (0..total)
-            .map(|n| ReadBack {
-                body: format!("m{n}"),
-                key: Some(format!("key-{}", n % 3)),
-                properties: BTreeMap::from([("n".to_owned(), n.to_string())]),
-            })
-            .collect();
-        expected.push(ReadBack {
-            body: format!("<{} bytes, sum {large_sum}>", 1024 * 1024),
-            key: None,
-            properties: BTreeMap::from([("size".to_owned(), "1MiB".to_owned())]),
-        });
-        let mut read = read;
-        read.sort();
-        expected.sort();
-        assert_eq!(read, expected);
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pulsar_lite_publishes_wait_out_a_broker_restart() {
-    let Some(binary) = pulsar_lite_or_skip() else {
-        return;
-    };
-    let mut server = start_pulsar_lite(&binary);
-    let url = format!("pulsar://127.0.0.1:{}", server.port());
-    // Short client timeouts and a broker away for longer than them: the client's own resends
-    // give up, and the backend's retries (until the publish deadline) carry the publishes.
-    init_logs();
-    let mut options = test_options(&url);
-    options.operation_timeout = Duration::from_secs(2);
-    options.connection_timeout = Duration::from_secs(1);
-    options.publish_timeout = Duration::from_secs(40);
-    let broker = PulsarBroker::connect(options)
-        .await
-        .unwrap_or_else(|error| panic!("connect to {url}: {}", chain(&error)));
-    let broker = Arc::new(broker);
-    let topic = unique_topic("lite-restart");
-    publish(&broker, &topic, Message::new("before")).await;
-
-    server.kill();
-    let publishing = {
-        let broker = broker.clone();
-        let topic = topic.clone();
-        tokio::spawn(async move {
-            let mut results = Vec::new();
-            for n in 0..5 {
-                results.push(
-                    broker
-                        .publish(&topic, Message::new(format!("during{n}")))
-                        .await,
-                );
-            }
-            results
-        })
-    };
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    assert!(
-        !publishing.is_finished(),
-        "publishes returned while the broker was down"
-    );
-    let restarted = Instant::now();
-    server.restart();
-    let results = tokio::time::timeout(Duration::from_secs(60), publishing)
-        .await
-        .expect("publishes finish once the broker is back")
-        .expect("the publishing task");
-    for result in &results {
-        assert!(result.is_ok(), "publish across the restart: {result:?}");
-    }
-    println!(
-        "publishes confirmed {:?} after the restart",
-        restarted.elapsed()
-    );
-    if let Some(lines) = read_back_with_python(&url, &topic, 6) {
-        let got: BTreeSet<&str> = lines.iter().map(|read| read.body.as_str()).collect();
-        for n in 0..5 {
-            assert!(
-                got.contains(format!("during{n}").as_str()),
-                "lost during{n}: {got:?}"
-            );
-        }
-    }
 }

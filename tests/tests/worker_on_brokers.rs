@@ -1,16 +1,18 @@
-//! The same task code and the same guarantees on real brokers: a worker over Valkey and over MQTT
-//! (each a broker process of the test's own) succeeds, retries with backoff (broker-held delays on
-//! Valkey, worker-held delays on MQTT) and dead-letters with provenance; and on Valkey the attempt
-//! counter survives a broker restart in the middle of the retries (it lives in the message).
+//! The same task code and the same guarantees on real brokers: a worker over Valkey, MQTT and
+//! Apache Pulsar (each a broker process of the test's own) succeeds, retries with backoff
+//! (broker-held delays on Valkey and Pulsar, worker-held delays on MQTT) and dead-letters with
+//! provenance; and on Valkey and Pulsar the attempt counter survives a broker restart in the middle
+//! of the retries (it lives in the message).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use integration_tests::brokers::{Mosquitto, RedisServer};
+use integration_tests::brokers::{Mosquitto, PulsarStandalone, RedisServer};
 use integration_tests::worker_support::{read_topic, RunningWorker};
 use serde::{Deserialize, Serialize};
 use worker_runtime::broker::mqtt::{MqttBroker, MqttOptions};
+use worker_runtime::broker::pulsar::{PulsarBroker, PulsarOptions};
 use worker_runtime::broker::valkey::{ValkeyBroker, ValkeyOptions};
 use worker_runtime::prelude::*;
 use worker_runtime::props;
@@ -165,6 +167,26 @@ async fn on_mqtt_every_outcome_holds_with_worker_held_delays() {
     outcomes_on("mqtt-worker", Arc::new(broker)).await;
 }
 
+fn pulsar_options(standalone: &PulsarStandalone) -> PulsarOptions {
+    let mut options = PulsarOptions::new(standalone.url());
+    options.operation_timeout = Duration::from_secs(10);
+    options.ack_group_time = Duration::from_millis(50);
+    options
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_pulsar_every_outcome_holds_with_deliver_at_time_retries() {
+    let Some(standalone) = PulsarStandalone::start() else {
+        return;
+    };
+    standalone.ensure_namespace_of("q1/test/brokers/jobs");
+    let broker = PulsarBroker::connect(pulsar_options(&standalone))
+        .await
+        .expect("connect");
+    assert!(broker.capabilities().delayed_delivery == worker_runtime::DelayedDelivery::Native);
+    outcomes_on("pulsar-worker", Arc::new(broker)).await;
+}
+
 #[pulsar_io_task(
     topic = "q1/test/brokers/restart",
     max_retries = 3,
@@ -176,22 +198,52 @@ async fn always_fails(_n: u32, ctx: TaskContext) -> Result<(), TaskError> {
     RESTART_ATTEMPTS
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .push(ctx.attempt());
+        .push((ctx.broker().name(), ctx.attempt()));
     Err(TaskError::retryable("downstream unavailable"))
 }
 
-static RESTART_ATTEMPTS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+/// The attempts of `always_fails`, with the name of the backend that delivered them.
+static RESTART_ATTEMPTS: Mutex<Vec<(&'static str, u32)>> = Mutex::new(Vec::new());
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_valkey_the_attempt_count_survives_a_broker_restart() {
-    let Some(mut server) = RedisServer::start_fsync_always() else {
-        return;
-    };
-    let broker: Arc<dyn Broker> = Arc::new(
-        ValkeyBroker::connect(valkey_options(&server))
-            .await
-            .expect("connect"),
-    );
+fn restart_attempts(backend: &str) -> Vec<u32> {
+    let attempts = RESTART_ATTEMPTS.lock().unwrap_or_else(|p| p.into_inner());
+    attempts
+        .iter()
+        .filter(|(name, _)| *name == backend)
+        .map(|(_, attempt)| *attempt)
+        .collect()
+}
+
+/// A broker process that can be killed and started again on the same data.
+trait Restartable {
+    fn kill(&mut self);
+    fn restart(&mut self);
+}
+
+impl Restartable for RedisServer {
+    fn kill(&mut self) {
+        RedisServer::kill(self);
+    }
+
+    fn restart(&mut self) {
+        RedisServer::restart(self);
+    }
+}
+
+impl Restartable for PulsarStandalone {
+    fn kill(&mut self) {
+        PulsarStandalone::kill(self);
+    }
+
+    fn restart(&mut self) {
+        PulsarStandalone::restart(self);
+    }
+}
+
+/// Runs a task that always fails through a worker on `broker`, kills the broker process after the
+/// first failure (while the retry waits in the broker), starts it again, and checks that the
+/// message still reaches the DLQ after exactly `max_retries`, its attempts counted in order.
+async fn attempts_survive_a_restart(broker: Arc<dyn Broker>, server: &mut impl Restartable) {
     let worker = RunningWorker::start(
         Worker::builder()
             .broker(broker.clone())
@@ -199,30 +251,23 @@ async fn on_valkey_the_attempt_count_survives_a_broker_restart() {
     );
     always_fails::enqueue(&*broker, &7).await.expect("enqueue");
     // Wait for the first failure, then take the broker away while the retry waits in it.
+    let backend = broker.name();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while RESTART_ATTEMPTS
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .is_empty()
-        && Instant::now() < deadline
-    {
+    while restart_attempts(backend).is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    server.kill();
+    tokio::task::block_in_place(|| server.kill());
     tokio::time::sleep(Duration::from_secs(2)).await;
-    server.restart();
+    tokio::task::block_in_place(|| server.restart());
     let dead = read_topic(
         &*broker,
         "q1/test/brokers/restart-dlq",
         1,
-        Duration::from_secs(30),
+        Duration::from_secs(60),
     )
     .await;
     let report = worker.stop().await;
-    let attempts = RESTART_ATTEMPTS
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let attempts = restart_attempts(backend);
     println!(
         "attempts across the restart: {attempts:?}; {:?}",
         report.task("always_fails")
@@ -240,4 +285,27 @@ async fn on_valkey_the_attempt_count_survives_a_broker_restart() {
         [1, 2, 3, 4],
         "attempts counted in the message, in order: {attempts:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_valkey_the_attempt_count_survives_a_broker_restart() {
+    let Some(mut server) = RedisServer::start_fsync_always() else {
+        return;
+    };
+    let broker = ValkeyBroker::connect(valkey_options(&server))
+        .await
+        .expect("connect");
+    attempts_survive_a_restart(Arc::new(broker), &mut server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_pulsar_the_attempt_count_survives_a_broker_restart() {
+    let Some(mut standalone) = PulsarStandalone::start() else {
+        return;
+    };
+    standalone.ensure_namespace_of("q1/test/brokers/restart");
+    let broker = PulsarBroker::connect(pulsar_options(&standalone))
+        .await
+        .expect("connect");
+    attempts_survive_a_restart(Arc::new(broker), &mut standalone).await;
 }

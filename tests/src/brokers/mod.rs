@@ -6,10 +6,12 @@
 
 mod mosquitto;
 mod process;
+mod pulsar;
 mod redis;
 
 pub use mosquitto::Mosquitto;
 pub use process::{free_port, wait_for_port, BrokerProcess};
+pub use pulsar::PulsarStandalone;
 pub use redis::RedisServer;
 
 /// Decides what to do when a broker binary is missing: returns `false` (skip, after printing why)

@@ -28,14 +28,20 @@ pub type CaseResult = anyhow::Result<()>;
 
 /// Expands to one `#[tokio::test]` per conformance case, each starting its own harness with
 /// `$start` (a function returning `Option<impl Harness>`; `None` means skip, after the harness
-/// said why) and running the case of the same name in [`cases`].
+/// said why) and running the case of the same name in [`cases`]. A second constructor,
+/// `restart = $restart`, makes the harness of the broker restart case alone: for a backend whose
+/// cases share one broker, the case that kills it needs one of its own.
 ///
 /// ```ignore
 /// integration_tests::conformance_cases!(ValkeyHarness::start);
+/// integration_tests::conformance_cases!(PulsarHarness::shared, restart = PulsarHarness::own);
 /// ```
 #[macro_export]
 macro_rules! conformance_cases {
     ($start:path) => {
+        $crate::conformance_cases!($start, restart = $start);
+    };
+    ($start:path, restart = $restart:path) => {
         $crate::conformance_cases!(@each $start;
             publish_and_consume,
             ack_is_final,
@@ -49,8 +55,8 @@ macro_rules! conformance_cases {
             delayed_delivery,
             large_payload,
             receive_cancel_safety,
-            broker_restart,
         );
+        $crate::conformance_cases!(@each $restart; broker_restart);
     };
     (@each $start:path; $($case:ident),+ $(,)?) => {
         $(

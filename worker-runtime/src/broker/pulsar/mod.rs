@@ -44,7 +44,7 @@ use worker_core::{
 
 pub use options::{
     Batching, Compression, PulsarOptions, PulsarOptionsError, Token, DEFAULT_URL, ENV_API_KEY,
-    ENV_HOST, ENV_LISTENER, ENV_TLS_CA_FILE, LOG_FILTER_HIDING_TOKENS,
+    ENV_HOST, ENV_LISTENER, ENV_TLS_CA_FILE, FRAME_HEADROOM, LOG_FILTER_HIDING_TOKENS,
 };
 pub use subscription::PulsarSubscription;
 
@@ -171,7 +171,7 @@ impl Broker for PulsarBroker {
             key_ordering: true,
             nack_redelivery: true,
             redelivers_abandoned: true,
-            max_payload_bytes: Some(self.shared.options.max_payload_bytes),
+            max_payload_bytes: Some(self.shared.options.max_payload_bytes()),
         }
     }
 

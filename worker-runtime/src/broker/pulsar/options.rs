@@ -22,6 +22,10 @@ pub const DEFAULT_URL: &str = "pulsar://localhost:6650";
 /// `EnvFilter` of any process that uses [`super::PulsarBroker`] with a token.
 pub const LOG_FILTER_HIDING_TOKENS: &str = "pulsar::connection=debug";
 
+/// Room kept in a message frame for its command, metadata, properties and key when declaring
+/// the payload limit.
+pub const FRAME_HEADROOM: usize = 64 * 1024;
+
 /// An authentication token. Its `Debug` form never shows the value.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Token(String);
@@ -120,8 +124,12 @@ pub struct PulsarOptions {
     pub batching: Option<Batching>,
     /// Producer compression.
     pub compression: Compression,
-    /// The largest payload accepted; larger ones are refused before they are sent.
-    pub max_payload_bytes: usize,
+    /// The broker's `maxMessageSize`: the limit of one message frame on the wire, its payload,
+    /// properties, key and framing together (a broker closes the connection of a client that
+    /// sends a larger one). The payload limit the backend declares is this less
+    /// [`FRAME_HEADROOM`]; a message whose frame would still be over it is refused before it is
+    /// sent. Default 5 MiB, Pulsar's own default.
+    pub max_message_bytes: usize,
     /// How long acks are collected before they are sent.
     pub ack_group_time: Duration,
     /// How many acked entries make a flush happen before `ack_group_time` ends.
@@ -141,7 +149,7 @@ impl Default for PulsarOptions {
             max_pending_publishes: 1000,
             batching: None,
             compression: Compression::None,
-            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+            max_message_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             ack_group_time: Duration::from_millis(100),
             ack_group_max: 1000,
         }
@@ -215,6 +223,12 @@ impl PulsarOptions {
         self
     }
 
+    /// The largest payload accepted: [`Self::max_message_bytes`] less the room kept for the
+    /// frame's command, metadata and properties.
+    pub fn max_payload_bytes(&self) -> usize {
+        self.max_message_bytes.saturating_sub(FRAME_HEADROOM)
+    }
+
     /// Whether the URL asks for TLS.
     pub fn uses_tls(&self) -> bool {
         self.url.starts_with("pulsar+ssl://")
@@ -246,7 +260,7 @@ impl PulsarOptions {
         }
         for (name, value) in [
             ("max_pending_publishes", self.max_pending_publishes),
-            ("max_payload_bytes", self.max_payload_bytes),
+            ("max_message_bytes", self.max_message_bytes),
             ("ack_group_max", self.ack_group_max),
         ] {
             if value == 0 {
@@ -265,7 +279,8 @@ mod tests {
     fn defaults_are_valid_and_local() {
         let options = PulsarOptions::default();
         assert_eq!(options.url, "pulsar://localhost:6650");
-        assert_eq!(options.max_payload_bytes, 5 * 1024 * 1024);
+        assert_eq!(options.max_message_bytes, 5 * 1024 * 1024);
+        assert_eq!(options.max_payload_bytes(), 5 * 1024 * 1024 - 64 * 1024);
         assert!(options.batching.is_none());
         assert_eq!(options.validate(), Ok(()));
         assert!(!options.uses_tls());

@@ -19,6 +19,37 @@ use super::options::{Compression, PulsarOptions};
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
+/// Framing around a message besides its payload, properties and key: the command, the metadata's
+/// fixed fields, the producer name and the checksums, generously counted.
+const FRAME_OVERHEAD: usize = 1024;
+
+/// Refuses what the broker would not take, before it is sent: a broker closes the connection of
+/// a client whose frame is over its `maxMessageSize`, and the client would resend it forever.
+fn check_size(message: &Message, options: &PulsarOptions) -> Result<(), String> {
+    let payload_limit = options.max_payload_bytes();
+    if message.payload.len() > payload_limit {
+        return Err(format!(
+            "payload of {} bytes is over the limit of {payload_limit} bytes",
+            message.payload.len()
+        ));
+    }
+    let frame = message.payload.len()
+        + message
+            .properties
+            .iter()
+            .map(|(name, value)| name.len() + value.len() + 4)
+            .sum::<usize>()
+        + message.key.as_ref().map_or(0, String::len)
+        + FRAME_OVERHEAD;
+    if frame > options.max_message_bytes {
+        return Err(format!(
+            "message of about {frame} bytes with its properties is over the broker's limit of {} bytes",
+            options.max_message_bytes
+        ));
+    }
+    Ok(())
+}
+
 /// The producers of one broker handle, created on first use of each topic.
 pub(super) struct Producers {
     client: Pulsar<TokioExecutor>,
@@ -67,14 +98,10 @@ impl Producers {
     ) -> Result<MessageId, BrokerError> {
         let limit = self.options.publish_timeout;
         let deadline = Instant::now() + limit;
-        if message.payload.len() > self.options.max_payload_bytes {
+        if let Err(reason) = check_size(&message, &self.options) {
             return Err(BrokerError::Rejected {
                 backend: BACKEND,
-                reason: format!(
-                    "payload of {} bytes is over the limit of {} bytes",
-                    message.payload.len(),
-                    self.options.max_payload_bytes
-                ),
+                reason,
             });
         }
         let _permit = match tokio::time::timeout_at(deadline, self.in_flight.acquire()).await {
@@ -282,6 +309,26 @@ fn receipt_id(receipt: &CommandSendReceipt) -> MessageId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn payloads_and_frames_over_the_broker_limit_are_refused() {
+        let options = PulsarOptions {
+            max_message_bytes: 100 * 1024,
+            ..PulsarOptions::default()
+        };
+        let limit = options.max_payload_bytes();
+        assert_eq!(limit, 36 * 1024);
+        assert_eq!(
+            check_size(&Message::new(vec![0u8; limit]), &options),
+            Ok(())
+        );
+        let over = check_size(&Message::new(vec![0u8; limit + 1]), &options);
+        assert!(over.is_err_and(|e| e.contains("over the limit of 36864 bytes")));
+        // A payload within its limit, with properties that take the frame over the broker's.
+        let heavy = Message::new(vec![0u8; limit]).with_property("big", "x".repeat(64 * 1024));
+        let refused = check_size(&heavy, &options);
+        assert!(refused.is_err_and(|e| e.contains("broker's limit of 102400 bytes")));
+    }
 
     #[test]
     fn outgoing_messages_carry_properties_key_and_delivery_time() {
