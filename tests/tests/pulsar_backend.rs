@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use integration_tests::brokers::PulsarStandalone;
-use worker_runtime::broker::pulsar::{PulsarBroker, PulsarOptions};
+use worker_runtime::broker::pulsar::{Batching, PulsarBroker, PulsarOptions};
 use worker_runtime::{
     Broker, BrokerError, ConsumerType, Delivery, InitialPosition, Message, SubscribeOptions,
     Subscription, Topic,
@@ -407,4 +407,75 @@ async fn key_shared_keeps_the_order_of_each_key() {
     }
     one.close().await.expect("close");
     two.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batching_keeps_delays_and_acks_a_batch_only_once_all_its_messages_are() {
+    let Some(url) = pulsar().map(PulsarStandalone::url) else {
+        return;
+    };
+    init_logs();
+    let options = test_options(&url).with_batching(Batching {
+        max_messages: 10,
+        max_delay: Duration::from_millis(50),
+    });
+    let broker = PulsarBroker::connect(options).await.expect("connect");
+    let topic = unique_topic("batching");
+    let subscription = subscribe(&broker, &topic, "s", "c1", ConsumerType::Shared).await;
+    // Published at once, so that they share batches; one delayed message among them, which
+    // must not be batched (a batch would drop its delivery time).
+    let delay = Duration::from_secs(2);
+    let sent = Instant::now();
+    let delayed = broker.publish(
+        &topic,
+        Message::new("later").with_deliver_at(SystemTime::now() + delay),
+    );
+    let batch = futures_util::future::join_all(
+        (0..20).map(|n| broker.publish(&topic, Message::new(format!("m{n}")))),
+    );
+    let (delayed, batch) = tokio::join!(delayed, batch);
+    delayed.expect("publish the delayed message");
+    for receipt in batch {
+        receipt.expect("publish a batched message");
+    }
+    let got = receive_up_to(&*subscription, 20, Duration::from_secs(20)).await;
+    assert_eq!(got.len(), 20, "the undelayed messages come first");
+    assert!(got.iter().all(|d| text(d) != "later"), "delivered early");
+    let batched = got
+        .iter()
+        .filter(|d| d.id.as_text().is_some_and(|id| !id.contains(":-1:-1:")))
+        .count();
+    assert!(batched > 0, "nothing was batched");
+    let later = receive_up_to(&*subscription, 1, Duration::from_secs(20)).await;
+    assert_eq!(later.iter().map(text).collect::<Vec<_>>(), ["later"]);
+    assert!(sent.elapsed() >= delay - Duration::from_millis(300));
+    ack_all(&*subscription, &later).await;
+
+    // Ack all but the last message, then go away: only its entry comes back, whole.
+    let (kept, acked) = got.split_last().expect("messages");
+    ack_all(&*subscription, acked).await;
+    subscription.close().await.expect("close flushes the acks");
+    let entry_of = |d: &Delivery| {
+        d.id.as_text()
+            .map(|id| id.split(':').take(2).collect::<Vec<_>>().join(":"))
+    };
+    let same_entry: BTreeSet<String> = got
+        .iter()
+        .filter(|d| entry_of(d) == entry_of(kept))
+        .map(text)
+        .collect();
+    let again = subscribe(&broker, &topic, "s", "c2", ConsumerType::Shared).await;
+    let back = receive_up_to(&*again, 20, Duration::from_secs(5)).await;
+    let back_texts: BTreeSet<String> = back.iter().map(text).collect();
+    println!(
+        "batching: {batched} of 20 batched; after acking all but {}, {} came back: {back_texts:?}",
+        text(kept),
+        back.len()
+    );
+    assert_eq!(
+        back_texts, same_entry,
+        "exactly the unacked message's entry is delivered again"
+    );
+    ack_all(&*again, &back).await;
+    again.close().await.expect("close");
 }
