@@ -74,11 +74,30 @@ fn classify_server(kind: Option<ServerError>) -> Class {
 
 /// The [`BrokerError`] for a pulsar-rs error met while doing `what`.
 pub(super) fn to_broker_error(what: impl Into<String>, error: pulsar::Error) -> BrokerError {
-    let message = what.into();
+    let mut message = what.into();
+    if let Some(hint) = hint(&error) {
+        message.push_str(" (");
+        message.push_str(hint);
+        message.push(')');
+    }
     match classify(&error) {
         Class::Transient => BrokerError::connection(BACKEND, message, error),
         Class::HandleLost | Class::Permanent => BrokerError::backend(BACKEND, message, error),
     }
+}
+
+/// What to do about a refusal whose cause is not obvious from the broker's words alone.
+fn hint(error: &pulsar::Error) -> Option<&'static str> {
+    let text = error.to_string();
+    if text.contains("Namespace not found") || text.contains("Tenant not found") {
+        // Unlike the other backends, a Pulsar cluster knows only what an operator created.
+        return Some(
+            "create the topic's tenant and namespace first: `pulsar-admin tenants create TENANT` \
+             and `pulsar-admin namespaces create TENANT/NAMESPACE`, or PUT \
+             /admin/v2/tenants/TENANT and /admin/v2/namespaces/TENANT/NAMESPACE",
+        );
+    }
+    None
 }
 
 /// The error of an operation that did not finish within `limit`.
@@ -115,6 +134,18 @@ mod tests {
 
         let closed = pulsar::Error::Producer(ProducerError::Closed);
         assert_eq!(classify(&closed), Class::HandleLost);
+    }
+
+    #[test]
+    fn a_missing_namespace_says_how_to_create_it() {
+        let missing = pulsar::Error::ServiceDiscovery(ServiceDiscoveryError::Query(
+            Some(ServerError::TopicNotFound),
+            Some("Namespace not found".into()),
+        ));
+        let error = to_broker_error("subscribe to persistent://demo/scale/events", missing);
+        assert!(!error.is_transient());
+        let text = error.to_string();
+        assert!(text.contains("pulsar-admin namespaces create"), "{text}");
     }
 
     #[test]
