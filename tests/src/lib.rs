@@ -5,4 +5,5 @@
 pub mod brokers;
 pub mod conformance;
 pub mod processes;
+pub mod python;
 pub mod worker_support;

@@ -62,6 +62,7 @@ fn assert_provenance(copy: &Delivery, reason: &str, attempts: &str, topic: &str,
         props::DLQ_ERROR,
         props::DLQ_ORIGINAL_MESSAGE_ID,
         props::DLQ_TIME,
+        props::MESSAGE_ID,
     ] {
         assert!(
             copy.property(name).is_some_and(|v| !v.is_empty()),
@@ -400,8 +401,11 @@ struct Step {
     seq: u32,
 }
 
-/// What each ordered task saw: (key, seq, attempt), in handling order.
-static ORDERED: Mutex<Option<HashMap<&'static str, Vec<(String, u32, u32)>>>> = Mutex::new(None);
+/// One handling of a step: its key, sequence number and attempt.
+type Handled = (String, u32, u32);
+
+/// What each ordered task handled, in handling order.
+static ORDERED: Mutex<Option<HashMap<&'static str, Vec<Handled>>>> = Mutex::new(None);
 
 fn record_step(task: &'static str, step: &Step, attempt: u32) -> Result<(), TaskError> {
     lock(&ORDERED)

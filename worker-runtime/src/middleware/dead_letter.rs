@@ -26,6 +26,10 @@ pub struct DeadLetter<'a> {
     pub original_topic: &'a str,
     /// The broker's id of the delivery that was dead-lettered.
     pub original_message_id: &'a MessageId,
+    /// The message's stable id, the one its handler saw: stamped as [`props::MESSAGE_ID`], so that
+    /// a replay is the same message even when its producer set none (the worker then took the
+    /// broker's id of its first delivery).
+    pub message_id: &'a str,
     /// The task that gave up on it.
     pub task: &'a str,
     /// The consumer (worker) that gave up on it.
@@ -36,8 +40,8 @@ pub struct DeadLetter<'a> {
 
 /// The copy of `original` to publish to the dead-letter topic.
 ///
-/// It keeps the payload, the key and every property (the stable message id among them, so that a
-/// replay is recognised as the same message), clears `deliver_at` (a dead letter is for inspection
+/// It keeps the payload, the key and every property, sets the stable message id (so that a replay
+/// is recognised as the same message), clears `deliver_at` (a dead letter is for inspection
 /// now, not a delayed retry), and sets every `DLQ_*` property, overwriting those of an earlier
 /// dead-lettering. The error text is passed through [`sanitize_error`] with [`MAX_DLQ_ERROR_LEN`];
 /// the time is RFC 3339 in UTC with milliseconds.
@@ -45,6 +49,7 @@ pub fn dead_letter_message(original: &Message, info: &DeadLetter<'_>) -> Message
     let mut message = original.clone();
     message.deliver_at = None;
     let stamps = [
+        (props::MESSAGE_ID, info.message_id.to_owned()),
         (props::DLQ_REASON, info.reason.as_str().to_owned()),
         (
             props::DLQ_ERROR,
@@ -361,6 +366,25 @@ mod tests {
     }
 
     #[test]
+    fn a_message_without_a_stable_id_gets_the_one_its_handler_saw() {
+        let original = Message::new(Bytes::from_static(b"foreign"));
+        let id = MessageId::from_u64(7);
+        let info = DeadLetter {
+            reason: DeadLetterReason::DecodeError,
+            error: "not json",
+            attempts: 1,
+            original_topic: "persistent://prod/ingest/raw",
+            original_message_id: &id,
+            message_id: "7",
+            task: "ingest",
+            consumer: "worker-1",
+            time: SystemTime::UNIX_EPOCH,
+        };
+        let copy = dead_letter_message(&original, &info);
+        assert_eq!(copy.property(props::MESSAGE_ID), Some("7"));
+    }
+
+    #[test]
     fn the_copy_keeps_the_original_and_adds_provenance() {
         let original = Message::new(Bytes::from_static(b"{\"id\":1}"))
             .with_key("k1")
@@ -375,6 +399,7 @@ mod tests {
             attempts: 4,
             original_topic: "persistent://prod/ingest/raw",
             original_message_id: &id,
+            message_id: "m-1",
             task: "ingest",
             consumer: "worker-1",
             time: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),

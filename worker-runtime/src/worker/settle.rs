@@ -100,6 +100,7 @@ pub(crate) async fn settle(
                     attempts: attempt,
                     original_topic: &env.topic,
                     original_message_id: &delivery.id,
+                    message_id: &message_id,
                     task: env.task,
                     consumer: &env.shared.consumer,
                     time: SystemTime::now(),
