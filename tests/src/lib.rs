@@ -6,4 +6,5 @@ pub mod brokers;
 pub mod conformance;
 pub mod processes;
 pub mod python;
+pub mod scale_out;
 pub mod worker_support;
