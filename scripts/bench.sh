@@ -4,7 +4,8 @@
 #   1. the embedded broker (criterion): a raw receive/decode/ack loop against the worker with all
 #      middleware off and all on;
 #   2. the framework against a raw client loop of the same crate on each real backend (a private
-#      redis-server and mosquitto on free loopback ports, started by the bench itself).
+#      redis-server, mosquitto and Apache Pulsar standalone JVM on free loopback ports, started by
+#      the bench itself; Pulsar needs Java and Maven, see scripts/pulsar-standalone).
 #
 # Usage: scripts/bench.sh [output-dir]       (default: target/bench-results)
 # The BENCH_* variables of tests/benches/framework_vs_raw/main.rs pass through, e.g.
@@ -23,7 +24,7 @@ if [[ "${SKIP_MEMORY:-0}" != 1 ]]; then
 fi
 
 if [[ "${SKIP_BACKENDS:-0}" != 1 ]]; then
-    echo "== framework vs raw on valkey and mqtt -> $out/backends-$stamp.txt"
+    echo "== framework vs raw on valkey, mqtt and pulsar -> $out/backends-$stamp.txt"
     # The table goes to stdout, per-run progress to stderr; keep both.
     cargo bench -p integration-tests --bench framework_vs_raw 2>&1 | tee "$out/backends-$stamp.txt"
 fi

@@ -141,6 +141,7 @@ impl Case {
                 .iter()
                 .map(|r| r.offered_per_s)
                 .collect::<Option<Vec<_>>>()
+                .filter(|offered| !offered.is_empty())
             {
                 let _ = writeln!(
                     out,
