@@ -723,9 +723,11 @@ async fn a_broker_crash_mid_stream_loses_only_what_mosquitto_had_not_saved() {
         "more lost than one publish window: {:?}",
         ledger.lost
     );
+    // `None`: the confirmation was read only after the kill returned, so mosquitto sent it in its
+    // last moments, well inside the window.
     for (n, before) in &ledger.lost {
         assert!(
-            before.is_some_and(|d| d < Duration::from_millis(500)),
+            before.is_none_or(|d| d < Duration::from_millis(500)),
             "message {n} was confirmed {before:?} before the crash: older than mosquitto's autosave window"
         );
     }
