@@ -161,6 +161,30 @@ pub trait Broker: Send + Sync + 'static {
         &'a self,
         options: SubscribeOptions,
     ) -> BoxFuture<'a, Result<Box<dyn Subscription>, BrokerError>>;
+
+    /// Whether `request` asks for its result in this backend's own terms (MQTT 5's Response
+    /// Topic), beside the framework's `wr-reply-to` that every backend carries. Most backends have
+    /// no such thing: the default is `false`.
+    fn wants_reply(&self, request: &Message) -> bool {
+        let _ = request;
+        false
+    }
+
+    /// Publishes `reply` where `request` asked for it in this backend's own terms (see
+    /// [`Self::wants_reply`]), with whatever the backend sends back to correlate the two.
+    fn publish_reply<'a>(
+        &'a self,
+        request: &'a Message,
+        reply: Message,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        let _ = (request, reply);
+        Box::pin(async move {
+            Err(BrokerError::Unsupported {
+                backend: self.name(),
+                feature: "replies addressed by the backend's own properties".to_owned(),
+            })
+        })
+    }
 }
 
 /// One consumer's attachment to a subscription.

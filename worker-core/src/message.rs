@@ -129,6 +129,11 @@ pub struct Delivery {
     pub redelivery_count: u32,
     /// When the broker stored it, where the backend knows.
     pub publish_time: Option<SystemTime>,
+    /// Why the backend could not read this message faithfully, if it could not (a property field
+    /// that does not parse, say). The runtime never runs such a message: it dead-letters it as
+    /// [`crate::DeadLetterReason::DecodeError`] with this text, keeping what the backend could read
+    /// in [`Self::message`].
+    pub defect: Option<Arc<str>>,
 }
 
 impl Delivery {

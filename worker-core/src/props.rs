@@ -31,9 +31,12 @@ pub const DLQ_TASK: &str = "wr-dlq-task";
 pub const DLQ_CONSUMER: &str = "wr-dlq-consumer";
 /// On a DLQ copy: when it was dead-lettered, RFC 3339 in UTC.
 pub const DLQ_TIME: &str = "wr-dlq-time";
+/// On a DLQ copy: the principal (token subject) the worker verified for the message, if it verified
+/// one. The token itself ([`AUTH_TOKEN`]) is never kept on a copy.
+pub const DLQ_PRINCIPAL: &str = "wr-dlq-principal";
 
 /// Every property name the framework owns.
-pub const ALL: [&str; 14] = [
+pub const ALL: [&str; 15] = [
     MESSAGE_ID,
     ATTEMPT,
     AUTH_TOKEN,
@@ -48,4 +51,5 @@ pub const ALL: [&str; 14] = [
     DLQ_TASK,
     DLQ_CONSUMER,
     DLQ_TIME,
+    DLQ_PRINCIPAL,
 ];

@@ -5,7 +5,8 @@
 //! - [`inspect`] reads copies and gives them back (nack), so they stay in the DLQ;
 //! - [`replay`] republishes each copy to the topic it came from, without the `wr-dlq-*` properties
 //!   and with its attempts reset, and acks the copy only after the republish was confirmed. The
-//!   stable message id is kept, so credit charges stay idempotent across the replay.
+//!   stable message id is kept, so credit charges stay idempotent across the replay. Copies keep
+//!   no sender token; a replay to a task that verifies senders is given one to send them with.
 
 use std::time::{Duration, SystemTime};
 
@@ -38,6 +39,8 @@ pub struct DeadLetterRecord {
     pub time: Option<String>,
     /// The stable message id.
     pub message_id: Option<String>,
+    /// The principal the worker had verified for the message.
+    pub principal: Option<String>,
     /// The copy itself: original payload, key and properties.
     pub message: Message,
 }
@@ -59,6 +62,7 @@ impl DeadLetterRecord {
             consumer: prop(props::DLQ_CONSUMER),
             time: prop(props::DLQ_TIME),
             message_id: prop(props::MESSAGE_ID),
+            principal: prop(props::DLQ_PRINCIPAL),
             message: (*delivery.message).clone(),
         }
     }
@@ -153,13 +157,20 @@ pub async fn inspect(
 }
 
 /// The message to republish for a DLQ copy: its payload, key and application properties, the
-/// stable id kept, the framework's delivery bookkeeping removed, and a `wr-replayed-at` stamp.
-pub fn replay_message(copy: &Message) -> Message {
+/// stable id kept, the framework's delivery bookkeeping removed, and a `wr-replayed-at` stamp. It
+/// carries `token` as its sender's token, and no other (a copy written by an older worker may
+/// still hold its sender's).
+pub fn replay_message(copy: &Message, token: Option<&str>) -> Message {
     let mut message = copy.clone();
     message.deliver_at = None;
-    message
-        .properties
-        .retain(|name, _| !name.starts_with("wr-dlq-") && name != props::ATTEMPT);
+    message.properties.retain(|name, _| {
+        !name.starts_with("wr-dlq-") && name != props::ATTEMPT && name != props::AUTH_TOKEN
+    });
+    if let Some(token) = token {
+        message
+            .properties
+            .insert(props::AUTH_TOKEN.to_owned(), token.to_owned());
+    }
     message.properties.insert(
         REPLAYED_AT.to_owned(),
         humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
@@ -171,13 +182,14 @@ pub fn replay_message(copy: &Message) -> Message {
 pub const REPLAYED_AT: &str = "wr-replayed-at";
 
 /// Republishes up to `limit` copies from `dlq` to the topic each came from (or `fallback` when a
-/// copy does not name one), acking each copy once its republish is confirmed. Returns how many were
-/// replayed.
+/// copy does not name one), acking each copy once its republish is confirmed; each carries `token`
+/// as its sender's token (see [`replay_message`]). Returns how many were replayed.
 pub async fn replay(
     broker: &dyn Broker,
     dlq: &Topic,
     fallback: &Topic,
     limit: usize,
+    token: Option<&str>,
 ) -> Result<usize, DeadLetterError> {
     let subscription = open(broker, dlq, REPLAY_SUBSCRIPTION).await?;
     let mut replayed = 0;
@@ -203,7 +215,7 @@ pub async fn replay(
                 .and_then(|t| Topic::parse(t).ok())
                 .unwrap_or_else(|| fallback.clone());
             match broker
-                .publish(&target, replay_message(&delivery.message))
+                .publish(&target, replay_message(&delivery.message, token))
                 .await
             {
                 Ok(_) => acked.push(delivery.id),
@@ -244,6 +256,7 @@ mod tests {
             .with_property(props::DLQ_ATTEMPTS, "4")
             .with_property(props::DLQ_ORIGINAL_TOPIC, "q1/t/ns/jobs")
             .with_property(props::DLQ_TASK, "jobs")
+            .with_property(props::DLQ_PRINCIPAL, "alice")
     }
 
     #[tokio::test(start_paused = true)]
@@ -259,6 +272,7 @@ mod tests {
         assert_eq!(records[0].attempts, Some(4));
         assert_eq!(records[0].task.as_deref(), Some("jobs"));
         assert_eq!(records[0].error, "boom");
+        assert_eq!(records[0].principal.as_deref(), Some("alice"));
         let again = inspect(&broker, &dlq, 10).await.unwrap();
         assert_eq!(again.len(), 3, "inspecting consumes nothing");
     }
@@ -272,7 +286,7 @@ mod tests {
         for n in 0..5 {
             broker.publish(&dlq, dead_copy(n)).await.unwrap();
         }
-        assert_eq!(replay(&broker, &dlq, &jobs, 100).await.unwrap(), 5);
+        assert_eq!(replay(&broker, &dlq, &jobs, 100, None).await.unwrap(), 5);
         let replayed = reader.receive(10).await.unwrap();
         assert_eq!(replayed.len(), 5);
         let first = &replayed[0].message;
@@ -291,9 +305,24 @@ mod tests {
         assert!(first.properties.keys().all(|k| !k.starts_with("wr-dlq-")));
         assert!(first.property(REPLAYED_AT).is_some());
         assert_eq!(
-            replay(&broker, &dlq, &jobs, 100).await.unwrap(),
+            first.property(props::AUTH_TOKEN),
+            None,
+            "copies keep no token"
+        );
+        assert_eq!(
+            replay(&broker, &dlq, &jobs, 100, None).await.unwrap(),
             0,
             "the DLQ is drained"
         );
+    }
+
+    #[test]
+    fn a_replayed_message_carries_the_replay_token_and_no_other() {
+        let stale = dead_copy(1).with_property(props::AUTH_TOKEN, "old-sender-token");
+        let without = replay_message(&stale, None);
+        assert_eq!(without.property(props::AUTH_TOKEN), None);
+        let with = replay_message(&stale, Some("replay-token"));
+        assert_eq!(with.property(props::AUTH_TOKEN), Some("replay-token"));
+        assert_eq!(with.property(props::DLQ_PRINCIPAL), None);
     }
 }

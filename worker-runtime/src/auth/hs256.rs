@@ -46,8 +46,8 @@ struct SignedClaims<'a> {
 
 /// Verifies HS256 JWTs with a shared secret.
 ///
-/// `exp` is required and checked, and so is `nbf` when present (a token not valid yet is
-/// [`AuthError::Expired`], whose message says "or is not valid yet"). There is no leeway by default:
+/// `exp` is required and checked ([`AuthError::Expired`]), and so is `nbf` when present
+/// ([`AuthError::NotYetValid`] while it lies in the future). There is no leeway by default:
 /// tokens are checked against this machine's clock to the second. Give [`Self::with_leeway`] a few
 /// seconds if the clocks of senders and workers may disagree.
 #[derive(Clone)]
@@ -125,7 +125,8 @@ impl fmt::Debug for Hs256Verifier {
 fn map_error(kind: &JwtErrorKind) -> AuthError {
     match kind {
         JwtErrorKind::InvalidSignature => AuthError::BadSignature,
-        JwtErrorKind::ExpiredSignature | JwtErrorKind::ImmatureSignature => AuthError::Expired,
+        JwtErrorKind::ExpiredSignature => AuthError::Expired,
+        JwtErrorKind::ImmatureSignature => AuthError::NotYetValid,
         // Wrong number of segments, bad base64, JSON or UTF-8, a claim of the wrong type, an
         // algorithm other than HS256 (`none` does not even parse as one), and anything jsonwebtoken
         // may add later: not a token of our scheme.
@@ -306,7 +307,7 @@ mod tests {
     }
 
     #[test]
-    fn expired_and_not_yet_valid_tokens_are_expired() {
+    fn expired_and_not_yet_valid_tokens_are_told_apart() {
         let past = SystemTime::now() - Duration::from_secs(10);
         let token = signer().sign_until::<&str>("alice", &[], past).unwrap();
         assert_eq!(verifier().verify(&token), Err(AuthError::Expired));
@@ -319,7 +320,8 @@ mod tests {
             json!({"sub": "alice", "nbf": now() + 600, "exp": now() + 1200}),
             KEY,
         );
-        assert_eq!(verifier().verify(&future), Err(AuthError::Expired));
+        assert_eq!(verifier().verify(&future), Err(AuthError::NotYetValid));
+        assert_eq!(AuthError::NotYetValid.to_string(), "token not valid yet");
     }
 
     /// `header.payload` (given as JSON text) with a valid HS256 signature over it.

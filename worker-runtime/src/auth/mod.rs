@@ -79,9 +79,12 @@ pub enum AuthError {
     /// The signature does not verify with the configured key.
     #[error("invalid signature")]
     BadSignature,
-    /// The token has expired (or is not valid yet).
+    /// The token has expired.
     #[error("token expired")]
     Expired,
+    /// The token's `nbf` (not before) lies in the future.
+    #[error("token not valid yet")]
+    NotYetValid,
     /// The token is valid but lacks a required claim.
     #[error("token lacks the `{0}` claim")]
     MissingClaim(&'static str),

@@ -96,7 +96,7 @@ pub struct Cli {
 }
 
 /// The subcommands.
-#[derive(Subcommand, Clone, Debug, PartialEq, Eq)]
+#[derive(Subcommand, Clone, Debug)]
 pub enum Command {
     /// Print every task with its effective configuration (after --config and --tasks), in the
     /// override file's format, and exit.
@@ -106,7 +106,7 @@ pub enum Command {
 }
 
 /// What `dlq` does.
-#[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
+#[derive(clap::Args, Clone, Debug)]
 pub struct DlqArgs {
     /// The task whose dead-letter queue to read.
     pub task: String,
@@ -114,6 +114,19 @@ pub struct DlqArgs {
     /// of only listing them.
     #[arg(long)]
     pub replay: bool,
+    /// The signed token the replayed messages carry (`wr-auth-token`). Dead-letter copies keep no
+    /// token, so a replay to a db task that checks roles or charges credits needs one: the
+    /// messages then run, and are charged, as its principal. Prefer WORKER_REPLAY_TOKEN: a flag's
+    /// value is visible to other users of the machine.
+    #[arg(
+        long,
+        env = "WORKER_REPLAY_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN",
+        value_parser = secret_value,
+        requires = "replay"
+    )]
+    pub token: Option<Secret>,
     /// Read at most this many.
     #[arg(long, default_value_t = 100)]
     pub limit: usize,

@@ -1,4 +1,4 @@
-//! `dlq TASK [--replay] [--limit N]`: a task's dead-letter queue from the command line.
+//! `dlq TASK [--replay [--token T]] [--limit N]`: a task's dead-letter queue from the command line.
 
 use std::sync::Arc;
 
@@ -6,14 +6,20 @@ use worker_core::Broker;
 
 use super::args::DlqArgs;
 use super::error::CliError;
+use crate::auth::TokenVerifier;
 use crate::dead_letters::{inspect, replay};
+use crate::middleware::auth::authorize;
 use crate::TaskDefinition;
 
-/// Lists (or replays) the dead letters of the task `args` names, on `broker`.
+/// Lists (or replays) the dead letters of the task `args` names, on `broker`. A replay to a task
+/// that verifies senders needs `args.token`, which `verifier` (when the command line has the key)
+/// checks against the task's roles first, so that a wrong token does not send every replayed
+/// message back to the DLQ.
 pub(super) async fn run(
     args: &DlqArgs,
     tasks: &[TaskDefinition],
     broker: Arc<dyn Broker>,
+    verifier: Option<&dyn TokenVerifier>,
 ) -> anyhow::Result<()> {
     let Some(task) = tasks.iter().find(|t| t.name() == args.task) else {
         return Err(CliError::UnknownTasks {
@@ -24,7 +30,31 @@ pub(super) async fn run(
     };
     let config = task.config();
     if args.replay {
-        let count = replay(&*broker, &config.dlq_topic, &config.topic, args.limit).await?;
+        let token = args
+            .token
+            .as_ref()
+            .map(|secret| String::from_utf8_lossy(secret.expose()).into_owned());
+        if config.needs_sender() {
+            let Some(token) = token.as_deref() else {
+                return Err(CliError::ReplayNeedsToken(config.name.clone()).into());
+            };
+            if let Some(verifier) = verifier {
+                authorize(verifier, Some(token), &config.permission_roles).map_err(|source| {
+                    CliError::ReplayTokenRefused {
+                        task: config.name.clone(),
+                        source,
+                    }
+                })?;
+            }
+        }
+        let count = replay(
+            &*broker,
+            &config.dlq_topic,
+            &config.topic,
+            args.limit,
+            token.as_deref(),
+        )
+        .await?;
         println!(
             "replayed {count} dead letter(s) from {} to their original topic",
             config.dlq_topic

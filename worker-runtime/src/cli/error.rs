@@ -93,6 +93,21 @@ pub enum CliError {
         if .0.len() == 1 { "verifies" } else { "verify" }
     )]
     NoVerifier(Vec<String>),
+    /// `dlq --replay` of a task that verifies senders, without a token for the replayed messages.
+    #[error(
+        "task `{0}` verifies its senders' tokens, and dead-letter copies keep none: give the \
+         replay the token to send them with in WORKER_REPLAY_TOKEN (or --token)"
+    )]
+    ReplayNeedsToken(String),
+    /// The token given to `dlq --replay` would not be accepted by the task.
+    #[error("the replay token would not be accepted by task `{task}`")]
+    ReplayTokenRefused {
+        /// The task.
+        task: String,
+        /// Why (never the token itself).
+        #[source]
+        source: crate::auth::AuthError,
+    },
     /// The metrics endpoint could not listen.
     #[error("cannot serve metrics on {addr} (use --metrics-addr to pick another, or `off`)")]
     MetricsBind {

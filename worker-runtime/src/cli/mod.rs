@@ -101,6 +101,12 @@ pub async fn run() -> anyhow::Result<()> {
     run_with(Cli::parse(), RunExtras::default()).await
 }
 
+/// The HS256 verifier of the key the command line names, if it names one.
+fn load_verifier(cli: &Cli) -> Result<Option<Arc<dyn TokenVerifier>>, CliError> {
+    Ok(load_secret(cli)?
+        .map(|secret| Arc::new(Hs256Verifier::new(secret)) as Arc<dyn TokenVerifier>))
+}
+
 /// Runs the worker as `cli` says, with what `extras` provides: sets up logging, loads and checks
 /// the tasks, serves metrics, connects the broker and runs until a shutdown signal (or the
 /// `extras` token). Returns once the worker stopped gracefully.
@@ -114,11 +120,15 @@ pub async fn run_with(cli: Cli, extras: RunExtras) -> anyhow::Result<()> {
             return Ok(());
         }
         Some(Command::Dlq(args)) => {
+            let verifier = match extras.verifier {
+                Some(verifier) => Some(verifier),
+                None => load_verifier(&cli)?,
+            };
             let broker = match extras.broker {
                 Some(broker) => broker,
                 None => connect_backend(&cli.backend).await?,
             };
-            return dlq::run(args, &tasks, broker).await;
+            return dlq::run(args, &tasks, broker, verifier.as_deref()).await;
         }
         None => {}
     }
@@ -127,8 +137,7 @@ pub async fn run_with(cli: Cli, extras: RunExtras) -> anyhow::Result<()> {
     }
     let verifier = match extras.verifier {
         Some(verifier) => Some(verifier),
-        None => load_secret(&cli)?
-            .map(|secret| Arc::new(Hs256Verifier::new(secret)) as Arc<dyn TokenVerifier>),
+        None => load_verifier(&cli)?,
     };
     check_verifier(&tasks, verifier.is_some())?;
 

@@ -108,6 +108,20 @@ pub(super) fn encode(consumer: &str, ready: bool, tasks: &[Arc<TaskCells>]) -> S
     }
 
     w.family(
+        "worker_acks_dropped_total",
+        Kind::Counter,
+        "Acknowledgements given up on after the broker kept failing them; their messages come again.",
+    );
+    for t in tasks {
+        let labels = [("task", &*t.task), ("consumer", c)];
+        w.sample(
+            "worker_acks_dropped_total",
+            &labels,
+            t.acks_dropped.load(Relaxed),
+        );
+    }
+
+    w.family(
         "worker_handler_duration_seconds",
         Kind::Histogram,
         "Time of one handler attempt.",

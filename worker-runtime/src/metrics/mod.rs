@@ -17,6 +17,7 @@
 //! | `worker_dead_letters_total` | counter | `task`, `consumer`, `reason` | messages sent to the DLQ, by [`DeadLetterReason`](worker_core::DeadLetterReason) (every reason is pre-registered at zero) |
 //! | `worker_timeouts_total` | counter | `task`, `consumer` | attempts cancelled by the per-attempt timeout |
 //! | `worker_panics_total` | counter | `task`, `consumer` | attempts whose handler panicked |
+//! | `worker_acks_dropped_total` | counter | `task`, `consumer` | acknowledgements given up on after the broker failed them for [`ACK_RETRY_LIMIT`](crate::worker::ACK_RETRY_LIMIT) (a transient error) or at once (any other): those messages are delivered and handled again |
 //! | `worker_handler_duration_seconds` | histogram | `task` | time of one handler attempt, 100 µs to 5 min buckets |
 //! | `worker_attempts` | histogram | `task` | the attempt number each handler run was (buckets 1, 2, 3, 5, 10, +Inf) |
 //! | `worker_in_flight` | gauge | `task` | handler attempts running now |

@@ -72,6 +72,7 @@ pub(super) struct TaskCells {
     pub(super) dead_letters: [AtomicU64; DeadLetterReason::ALL.len()],
     pub(super) timeouts: AtomicU64,
     pub(super) panics: AtomicU64,
+    pub(super) acks_dropped: AtomicU64,
     pub(super) handler_duration: Histogram,
     pub(super) attempts: Histogram,
     pub(super) in_flight: AtomicI64,
@@ -91,6 +92,7 @@ impl TaskCells {
             dead_letters: Default::default(),
             timeouts: AtomicU64::new(0),
             panics: AtomicU64::new(0),
+            acks_dropped: AtomicU64::new(0),
             handler_duration: Histogram::new(&HANDLER_DURATION),
             attempts: Histogram::new(&ATTEMPTS),
             in_flight: AtomicI64::new(0),
@@ -224,6 +226,12 @@ impl TaskMetrics {
     /// Counts an attempt whose handler panicked.
     pub fn panicked(&self) {
         self.cells.panics.fetch_add(1, Relaxed);
+    }
+
+    /// Counts `n` acknowledgements given up on after the broker kept failing them: those
+    /// deliveries will be delivered and handled again.
+    pub fn acks_dropped(&self, n: u64) {
+        self.cells.acks_dropped.fetch_add(n, Relaxed);
     }
 
     /// Records how long one handler attempt took.

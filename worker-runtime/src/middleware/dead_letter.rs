@@ -34,20 +34,35 @@ pub struct DeadLetter<'a> {
     pub task: &'a str,
     /// The consumer (worker) that gave up on it.
     pub consumer: &'a str,
+    /// The principal the worker verified for the message, if any.
+    pub principal: Option<&'a str>,
     /// When it was dead-lettered.
     pub time: SystemTime,
 }
 
 /// The copy of `original` to publish to the dead-letter topic.
 ///
-/// It keeps the payload, the key and every property, sets the stable message id (so that a replay
-/// is recognised as the same message), clears `deliver_at` (a dead letter is for inspection
-/// now, not a delayed retry), and sets every `DLQ_*` property, overwriting those of an earlier
-/// dead-lettering. The error text is passed through [`sanitize_error`] with [`MAX_DLQ_ERROR_LEN`];
+/// It keeps the payload, the key and every property but the sender's token, sets the stable message
+/// id (so that a replay is recognised as the same message), clears `deliver_at` (a dead letter is
+/// for inspection now, not a delayed retry), and sets every `DLQ_*` property, overwriting those of
+/// an earlier dead-lettering. The token ([`props::AUTH_TOKEN`]) is removed, since anyone who reads
+/// the DLQ could replay it until it expires; the principal it was verified as is kept as
+/// [`props::DLQ_PRINCIPAL`]. The error text is passed through [`sanitize_error`] with [`MAX_DLQ_ERROR_LEN`];
 /// the time is RFC 3339 in UTC with milliseconds.
 pub fn dead_letter_message(original: &Message, info: &DeadLetter<'_>) -> Message {
     let mut message = original.clone();
     message.deliver_at = None;
+    message.properties.remove(props::AUTH_TOKEN);
+    match info.principal {
+        Some(subject) => {
+            message
+                .properties
+                .insert(props::DLQ_PRINCIPAL.to_owned(), subject.to_owned());
+        }
+        None => {
+            message.properties.remove(props::DLQ_PRINCIPAL);
+        }
+    }
     let stamps = [
         (props::MESSAGE_ID, info.message_id.to_owned()),
         (props::DLQ_REASON, info.reason.as_str().to_owned()),
@@ -378,6 +393,7 @@ mod tests {
             message_id: "7",
             task: "ingest",
             consumer: "worker-1",
+            principal: None,
             time: SystemTime::UNIX_EPOCH,
         };
         let copy = dead_letter_message(&original, &info);
@@ -402,6 +418,7 @@ mod tests {
             message_id: "m-1",
             task: "ingest",
             consumer: "worker-1",
+            principal: None,
             time: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
         };
         let copy = dead_letter_message(&original, &info);
@@ -430,6 +447,35 @@ mod tests {
         );
         // Nothing else was added.
         assert_eq!(copy.properties.len(), 3 + 7);
+    }
+
+    #[test]
+    fn the_copy_drops_the_token_and_names_the_verified_principal() {
+        let original = Message::new(Bytes::from_static(b"{}"))
+            .with_property(props::AUTH_TOKEN, JWT)
+            .with_property(props::DLQ_PRINCIPAL, "mallory");
+        let id = MessageId::from_u64(1);
+        let mut info = DeadLetter {
+            reason: DeadLetterReason::RetriesExhausted,
+            error: "boom",
+            attempts: 4,
+            original_topic: "q1/t/ns/jobs",
+            original_message_id: &id,
+            message_id: "m-1",
+            task: "jobs",
+            consumer: "worker-1",
+            principal: Some("alice"),
+            time: SystemTime::UNIX_EPOCH,
+        };
+        let copy = dead_letter_message(&original, &info);
+        assert_eq!(copy.property(props::AUTH_TOKEN), None);
+        assert_eq!(copy.property(props::DLQ_PRINCIPAL), Some("alice"));
+
+        // Refused before any principal was verified: none is named, not even a stale one.
+        info.principal = None;
+        let copy = dead_letter_message(&original, &info);
+        assert_eq!(copy.property(props::AUTH_TOKEN), None);
+        assert_eq!(copy.property(props::DLQ_PRINCIPAL), None);
     }
 
     #[test]

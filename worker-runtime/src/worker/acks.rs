@@ -1,15 +1,32 @@
 //! Grouped acknowledgements: handlers hand their acks to one flusher per subscription, which sends
 //! whatever has accumulated as one `ack` call. Under load that is one broker round trip per many
 //! messages; when idle, an ack goes out at once.
+//!
+//! An ack the broker fails with a transient error (the connection dropped, a restarted server still
+//! loading its data) is sent again with backoff for up to [`ACK_RETRY_LIMIT`], with whatever
+//! queued meanwhile; only then, or at once for any other error, is it given up on and counted in
+//! `worker_acks_dropped_total`. A dropped ack costs a redelivery and a second run, which at least
+//! once allows but which a broker restart must not multiply by the number of acks in flight.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use worker_core::{MessageId, Subscription};
+
+use crate::metrics::TaskMetrics;
 
 /// The most acks sent in one call.
 const MAX_ACK_BATCH: usize = 4096;
+
+/// How long acks failed by transient errors are sent again before they are dropped.
+pub const ACK_RETRY_LIMIT: Duration = Duration::from_secs(30);
+
+/// The first and the longest pause between attempts to send failed acks.
+const ACK_RETRY_FIRST: Duration = Duration::from_millis(100);
+const ACK_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// Where handlers send the ids of deliveries to acknowledge.
 #[derive(Clone)]
@@ -28,18 +45,199 @@ impl AckSender {
 pub(crate) fn start_ack_flusher(
     subscription: Arc<dyn Subscription>,
     task: &'static str,
+    metrics: TaskMetrics,
 ) -> (AckSender, JoinHandle<()>) {
     let (sender, mut receiver) = mpsc::unbounded_channel();
     let flusher = tokio::spawn(async move {
         let mut batch = Vec::with_capacity(MAX_ACK_BATCH);
         while receiver.recv_many(&mut batch, MAX_ACK_BATCH).await > 0 {
             let ids = std::mem::replace(&mut batch, Vec::with_capacity(MAX_ACK_BATCH));
-            let count = ids.len();
-            if let Err(error) = subscription.ack(ids).await {
-                // The messages will be redelivered and handled again: at least once still holds.
-                tracing::warn!(task, count, %error, "acknowledging deliveries failed; they will be redelivered");
-            }
+            send_acks(&*subscription, &mut receiver, ids, task, &metrics).await;
         }
     });
     (AckSender(sender), flusher)
+}
+
+/// Sends `ids`, retrying transient failures (with what queued meanwhile) until [`ACK_RETRY_LIMIT`].
+async fn send_acks(
+    subscription: &dyn Subscription,
+    queued: &mut mpsc::UnboundedReceiver<MessageId>,
+    mut ids: Vec<MessageId>,
+    task: &'static str,
+    metrics: &TaskMetrics,
+) {
+    let deadline = Instant::now() + ACK_RETRY_LIMIT;
+    let mut pause = ACK_RETRY_FIRST;
+    let mut retried = false;
+    loop {
+        let error = match subscription.ack(ids.clone()).await {
+            Ok(()) => {
+                if retried {
+                    tracing::info!(task, count = ids.len(), "acknowledgements went through");
+                }
+                return;
+            }
+            Err(error) => error,
+        };
+        if !error.is_transient() || Instant::now() + pause > deadline {
+            // The messages will be delivered and handled again: at least once still holds.
+            tracing::warn!(task, count = ids.len(), %error, "acknowledging deliveries failed; they will be redelivered");
+            metrics.acks_dropped(ids.len() as u64);
+            return;
+        }
+        if !retried {
+            tracing::warn!(task, count = ids.len(), %error, "acknowledging deliveries failed; trying again");
+            retried = true;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(ACK_RETRY_MAX);
+        // Acks that queued meanwhile go along with the next try.
+        while ids.len() < MAX_ACK_BATCH {
+            match queued.try_recv() {
+                Ok(id) => ids.push(id),
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use parking_lot::Mutex;
+    use worker_core::{BoxFuture, BrokerError, Delivery};
+
+    use super::*;
+    use crate::metrics::Metrics;
+
+    /// A subscription whose acks fail with `error` the first `failures` times.
+    struct FailingAcks {
+        failures: AtomicUsize,
+        error: fn() -> BrokerError,
+        acked: Mutex<Vec<MessageId>>,
+        calls: AtomicUsize,
+    }
+
+    impl FailingAcks {
+        fn new(failures: usize, error: fn() -> BrokerError) -> Arc<Self> {
+            Arc::new(FailingAcks {
+                failures: AtomicUsize::new(failures),
+                error,
+                acked: Mutex::new(Vec::new()),
+                calls: AtomicUsize::new(0),
+            })
+        }
+    }
+
+    impl Subscription for FailingAcks {
+        fn receive(&self, _max: usize) -> BoxFuture<'_, Result<Vec<Delivery>, BrokerError>> {
+            Box::pin(std::future::pending())
+        }
+        fn ack(&self, ids: Vec<MessageId>) -> BoxFuture<'_, Result<(), BrokerError>> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let fail = self
+                .failures
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if !fail {
+                self.acked.lock().extend(ids);
+            }
+            Box::pin(async move {
+                if fail {
+                    Err((self.error)())
+                } else {
+                    Ok(())
+                }
+            })
+        }
+        fn nack(&self, _ids: Vec<MessageId>) -> BoxFuture<'_, Result<(), BrokerError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn close(&self) -> BoxFuture<'_, Result<(), BrokerError>> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    fn loading() -> BrokerError {
+        BrokerError::Connection {
+            backend: "valkey",
+            message: "ack: LOADING Redis is loading the dataset in memory".to_owned(),
+            source: None,
+        }
+    }
+
+    fn refused() -> BrokerError {
+        BrokerError::Rejected {
+            backend: "valkey",
+            reason: "no such group".to_owned(),
+        }
+    }
+
+    fn dropped_of(metrics: &Metrics) -> String {
+        metrics
+            .encode()
+            .lines()
+            .find(|l| l.starts_with("worker_acks_dropped_total{"))
+            .map(str::to_owned)
+            .unwrap_or_default()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_failures_are_retried_with_what_queued_meanwhile() {
+        let metrics = Metrics::new("c");
+        let subscription = FailingAcks::new(3, loading);
+        let (sender, flusher) = start_ack_flusher(
+            subscription.clone(),
+            "jobs",
+            metrics.task("jobs", "q1/t/ns/jobs"),
+        );
+        sender.ack(MessageId::from_u64(1));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        sender.ack(MessageId::from_u64(2));
+        drop(sender);
+        flusher.await.expect("the flusher ends");
+        let mut acked = subscription.acked.lock().clone();
+        acked.sort();
+        assert_eq!(acked, [MessageId::from_u64(1), MessageId::from_u64(2)]);
+        assert!(
+            dropped_of(&metrics).ends_with(" 0"),
+            "{}",
+            dropped_of(&metrics)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn acks_are_dropped_and_counted_after_the_limit_or_at_once_when_not_transient() {
+        let metrics = Metrics::new("c");
+        let task = metrics.task("jobs", "q1/t/ns/jobs");
+        let down = FailingAcks::new(usize::MAX, loading);
+        let started = Instant::now();
+        let (sender, flusher) = start_ack_flusher(down.clone(), "jobs", task.clone());
+        sender.ack(MessageId::from_u64(1));
+        drop(sender);
+        flusher.await.expect("the flusher ends");
+        let took = started.elapsed();
+        assert!(
+            took <= ACK_RETRY_LIMIT && took >= ACK_RETRY_LIMIT - ACK_RETRY_MAX,
+            "gave up after {took:?}"
+        );
+        assert!(
+            dropped_of(&metrics).ends_with(" 1"),
+            "{}",
+            dropped_of(&metrics)
+        );
+
+        let refusing = FailingAcks::new(1, refused);
+        let (sender, flusher) = start_ack_flusher(refusing.clone(), "jobs", task);
+        sender.ack(MessageId::from_u64(2));
+        drop(sender);
+        flusher.await.expect("the flusher ends");
+        assert_eq!(refusing.calls.load(Ordering::SeqCst), 1, "not retried");
+        assert!(
+            dropped_of(&metrics).ends_with(" 2"),
+            "{}",
+            dropped_of(&metrics)
+        );
+    }
 }

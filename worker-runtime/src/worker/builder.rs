@@ -14,6 +14,7 @@ use crate::credits::CreditLedger;
 use crate::metrics::Metrics;
 use crate::task::TaskDefinition;
 
+use super::consumer_name::default_consumer_name;
 use super::env::WorkerShared;
 use super::report::WorkerReport;
 use super::run::TaskRun;
@@ -89,17 +90,6 @@ fn list(errors: &[ConfigError]) -> String {
         .map(|e| format!("  - {e}"))
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-/// `{hostname}-{pid}`: unique per process, so scaling out is starting more copies.
-pub fn default_consumer_name() -> String {
-    let host = gethostname::gethostname().to_string_lossy().into_owned();
-    let host = if host.is_empty() {
-        "worker".to_owned()
-    } else {
-        host
-    };
-    format!("{host}-{}", std::process::id())
 }
 
 /// Builds a [`Worker`].

@@ -21,6 +21,7 @@
 
 mod acks;
 mod builder;
+mod consumer_name;
 mod dispatch;
 mod env;
 mod pipeline;
@@ -33,5 +34,8 @@ pub use report::{TaskReport, WorkerReport};
 
 pub(crate) use run::{run_task, TaskRun};
 
-pub use builder::{default_consumer_name, DEFAULT_SHUTDOWN_GRACE};
+pub use acks::ACK_RETRY_LIMIT;
+
+pub use builder::DEFAULT_SHUTDOWN_GRACE;
+pub use consumer_name::default_consumer_name;
 pub use tokio_util::sync::CancellationToken;

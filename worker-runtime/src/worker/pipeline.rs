@@ -50,12 +50,18 @@ pub(crate) struct Processed {
     pub attempt: u32,
     /// The stable message id.
     pub message_id: Arc<str>,
+    /// The sender the worker verified, if it verified one (db tasks that check roles or credits).
+    pub principal: Option<Principal>,
 }
 
 /// Runs a delivery through the pipeline. On ordered subscriptions a retry happens here, in place.
 pub(crate) async fn process<T: Task>(env: &TaskEnv, delivery: &Delivery) -> Processed {
     let message_id = stable_id(delivery);
-    let mut attempt = match attempt_of(delivery) {
+    let readable = match &delivery.defect {
+        None => attempt_of(delivery),
+        Some(defect) => Err(defect.to_string()),
+    };
+    let mut attempt = match readable {
         Ok(attempt) => attempt,
         Err(error) => {
             return Processed {
@@ -65,6 +71,7 @@ pub(crate) async fn process<T: Task>(env: &TaskEnv, delivery: &Delivery) -> Proc
                 },
                 attempt: 1,
                 message_id,
+                principal: None,
             }
         }
     };
@@ -75,11 +82,13 @@ pub(crate) async fn process<T: Task>(env: &TaskEnv, delivery: &Delivery) -> Proc
         message_id = &*message_id,
         attempt
     );
+    let mut verified = None;
     let verdict = async {
-        let (mut payload, principal) = match admit::<T>(env, delivery, &message_id).await {
-            Ok(admitted) => admitted,
-            Err(verdict) => return verdict,
-        };
+        let (mut payload, principal) =
+            match admit::<T>(env, delivery, &message_id, &mut verified).await {
+                Ok(admitted) => admitted,
+                Err(verdict) => return verdict,
+            };
         loop {
             if let Some(limiter) = &env.limiter {
                 let waited = tokio::select! {
@@ -122,6 +131,7 @@ pub(crate) async fn process<T: Task>(env: &TaskEnv, delivery: &Delivery) -> Proc
         verdict,
         attempt,
         message_id,
+        principal: verified,
     }
 }
 
@@ -163,13 +173,16 @@ fn truncate(text: &str, max: usize) -> &str {
 }
 
 /// Decode, authorize and charge: the checks that happen once per delivery, before any attempt.
+/// The sender, once verified, is also left in `verified` for a dead-letter copy to name.
 async fn admit<T: Task>(
     env: &TaskEnv,
     delivery: &Delivery,
     message_id: &Arc<str>,
+    verified: &mut Option<Principal>,
 ) -> Result<(T::Payload, Option<Principal>), Verdict> {
     let payload = decode::<T>(env, delivery)?;
     let principal = authorize_sender(env, delivery)?;
+    verified.clone_from(&principal);
     if let (Some(cost), Some(principal), Some(ledger)) =
         (&env.config.credits, &principal, &env.shared.ledger)
     {
@@ -279,11 +292,13 @@ async fn run_handler<T: Task>(
     env.metrics.handler_duration(started.elapsed());
     let (kind, error) = match result {
         Ok(Ok(Ok(output))) => {
-            if let Some(reply_to) = delivery.property(props::REPLY_TO) {
+            let reply_to = delivery.property(props::REPLY_TO);
+            let native = env.shared.broker.wants_reply(&delivery.message);
+            if reply_to.is_some() || native {
                 // Encode before awaiting so the output need not be `Sync`.
                 let encoded = serde_json::to_vec(&output);
                 drop(output);
-                reply(env, reply_to, message_id, encoded).await;
+                reply(env, delivery, reply_to, native, message_id, encoded).await;
             }
             return Verdict::Succeeded;
         }
@@ -310,21 +325,17 @@ async fn run_handler<T: Task>(
     }
 }
 
-/// Publishes the handler's result where the sender asked. A failure here is logged, not retried:
-/// the task itself succeeded and running it again would repeat its effects.
+/// Publishes the handler's result where the sender asked: to the `wr-reply-to` topic and, where
+/// the backend has its own reply address (MQTT 5's Response Topic), there too. A failure here is
+/// logged, not retried: the task itself succeeded and running it again would repeat its effects.
 async fn reply(
     env: &TaskEnv,
-    reply_to: &str,
+    delivery: &Delivery,
+    reply_to: Option<&str>,
+    native: bool,
     message_id: &str,
     encoded: Result<Vec<u8>, serde_json::Error>,
 ) {
-    let topic = match Topic::parse(reply_to) {
-        Ok(topic) => topic,
-        Err(error) => {
-            tracing::warn!(%error, "not publishing the result: invalid reply topic");
-            return;
-        }
-    };
     let payload = match encoded {
         Ok(payload) => payload,
         Err(error) => {
@@ -335,7 +346,26 @@ async fn reply(
     let message = worker_core::Message::new(payload)
         .with_property(props::MESSAGE_ID, message_id)
         .with_property(props::TASK, env.task);
-    if let Err(error) = env.shared.broker.publish(&topic, message).await {
+    let broker = &env.shared.broker;
+    if native {
+        if let Err(error) = broker
+            .publish_reply(&delivery.message, message.clone())
+            .await
+        {
+            tracing::warn!(%error, "publishing the result to the response topic failed");
+        }
+    }
+    let Some(reply_to) = reply_to else {
+        return;
+    };
+    let topic = match Topic::parse(reply_to) {
+        Ok(topic) => topic,
+        Err(error) => {
+            tracing::warn!(%error, "not publishing the result: invalid reply topic");
+            return;
+        }
+    };
+    if let Err(error) = broker.publish(&topic, message).await {
         tracing::warn!(%error, topic = %topic, "publishing the result failed");
     }
 }

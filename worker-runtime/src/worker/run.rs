@@ -55,7 +55,8 @@ pub(crate) async fn run_task<T: Task>(run: TaskRun) -> Result<TaskReport, Worker
         return Ok(Counters::default().report(T::NAME));
     };
     shared.subscribed();
-    let (acks, flusher) = start_ack_flusher(subscription.clone(), T::NAME);
+    let metrics = shared.metrics.task(T::NAME, &config.topic.to_string());
+    let (acks, flusher) = start_ack_flusher(subscription.clone(), T::NAME, metrics.clone());
     let topic: Arc<str> = Arc::from(config.topic.to_string());
     let context = Arc::new(WorkerSide {
         task: T::NAME,
@@ -69,7 +70,7 @@ pub(crate) async fn run_task<T: Task>(run: TaskRun) -> Result<TaskReport, Worker
         context,
         retry_mode: TaskEnv::retry_mode(&config, &shared.capabilities),
         limiter: config.rate_limit.map(RateLimiter::new),
-        metrics: shared.metrics.task(T::NAME, &config.topic.to_string()),
+        metrics,
         counters: Counters::default(),
         subscription: subscription.clone(),
         acks,

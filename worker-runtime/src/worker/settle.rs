@@ -31,6 +31,7 @@ pub(crate) async fn settle(
         verdict,
         attempt,
         message_id,
+        principal,
     } = processed;
     match verdict {
         Verdict::Succeeded => {
@@ -103,6 +104,7 @@ pub(crate) async fn settle(
                     message_id: &message_id,
                     task: env.task,
                     consumer: &env.shared.consumer,
+                    principal: principal.as_ref().map(|p| p.subject()),
                     time: SystemTime::now(),
                 },
             );

@@ -69,7 +69,7 @@ pub async fn receive_cancel_safety<H: Harness>(harness: &mut H) -> CaseResult {
             break;
         }
         let roll = random.next();
-        let wait = if roll % 4 == 0 {
+        let wait = if roll.is_multiple_of(4) {
             Duration::ZERO
         } else {
             Duration::from_micros(roll % 3000)

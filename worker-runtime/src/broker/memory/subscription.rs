@@ -603,6 +603,7 @@ fn deliver(
         message: Arc::clone(&pending.entry.message),
         redelivery_count: pending.redeliveries,
         publish_time: Some(pending.entry.publish_time),
+        defect: None,
     });
     in_flight.insert(
         pending.entry.seq,

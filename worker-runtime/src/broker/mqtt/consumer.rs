@@ -216,6 +216,7 @@ fn receive_publish(shared: &Shared, publish: &Publish) {
         message: Arc::new(message),
         redelivery_count: redeliveries.saturating_add(u32::from(publish.dup)),
         publish_time: None,
+        defect: None,
     };
     let generation = state.generation;
     state.held.insert(

@@ -9,6 +9,12 @@
 //!   message goes to one consumer of the group. Other consumer types are not offered.
 //! - The payload travels raw; every message property is an MQTT 5 user property, and the key the
 //!   user property `wr-mqtt-key` ([`codec`]).
+//! - MQTT 5 request/response is honoured: a message that carries a Response Topic (and Correlation
+//!   Data) gets its handler's result published there at QoS 1, with the same Correlation Data, as
+//!   well as to `wr-reply-to` if it names one. The handler sees them as the properties
+//!   `wr-mqtt-response-topic` and `wr-mqtt-correlation-data` (hex).
+//! - A message without `wr-message-id` gets a stable id derived from its content
+//!   ([`codec::content_id`]), since MQTT gives a stored message no identity of its own.
 //!
 //! # Guarantees, and what MQTT cannot keep
 //!
@@ -372,6 +378,51 @@ impl Broker for MqttBroker {
         Box::pin(async move {
             let subscription = self.subscribe_mqtt(options).await?;
             Ok(Box::new(subscription) as Box<dyn Subscription>)
+        })
+    }
+
+    fn wants_reply(&self, request: &Message) -> bool {
+        request.property(codec::RESPONSE_TOPIC).is_some()
+    }
+
+    /// Publishes `reply` at QoS 1 to the request's Response Topic, as is (a raw MQTT topic, not a
+    /// framework topic name), with the request's Correlation Data, as MQTT 5 request/response asks.
+    fn publish_reply<'a>(
+        &'a self,
+        request: &'a Message,
+        mut reply: Message,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let Some(topic) = request.property(codec::RESPONSE_TOPIC) else {
+                return Err(BrokerError::Rejected {
+                    backend: "mqtt",
+                    reason: "the request has no response topic".to_owned(),
+                });
+            };
+            if topic.is_empty() || topic.contains(['+', '#']) {
+                return Err(BrokerError::Rejected {
+                    backend: "mqtt",
+                    reason: format!("response topic {topic:?} is not a topic one can publish to"),
+                });
+            }
+            if let Some(data) = request.property(codec::CORRELATION_DATA) {
+                reply
+                    .properties
+                    .insert(codec::CORRELATION_DATA.to_owned(), data.to_owned());
+            }
+            let properties = codec::encode(&reply, 0)?;
+            self.inner
+                .publisher(QoS::AtLeastOnce)
+                .await?
+                .publish(
+                    topic.to_owned(),
+                    QoS::AtLeastOnce,
+                    reply.payload,
+                    properties,
+                    self.inner.options.wait_for_subscriber,
+                )
+                .await?;
+            Ok(())
         })
     }
 }

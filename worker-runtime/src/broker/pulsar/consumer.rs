@@ -179,6 +179,7 @@ pub(super) fn to_delivery(topic: &Arc<str>, message: Incoming) -> (PulsarMessage
         message: Arc::new(delivered),
         redelivery_count: 0,
         publish_time: Some(at_millis(metadata.publish_time)),
+        defect: None,
     };
     (id, delivery)
 }

@@ -200,6 +200,7 @@ pub(super) fn decode(
 ) -> Delivery {
     let mut message = Message::default();
     let mut published = None;
+    let mut defect = None;
     let foreign = !fields.iter().any(|(name, _)| name == PAYLOAD.as_bytes());
     for (name, value) in fields {
         if foreign {
@@ -212,8 +213,10 @@ pub(super) fn decode(
             b"payload" => message.payload = Bytes::from(value),
             b"props" => match serde_json::from_slice::<Properties>(&value) {
                 Ok(properties) => message.properties = properties,
-                Err(error) => {
-                    tracing::warn!(entry = &**id, %error, "valkey entry has unreadable properties");
+                Err(_) => {
+                    let (properties, problem) = lenient_properties(&value);
+                    message.properties = properties;
+                    defect = problem.map(Arc::from);
                 }
             },
             b"key" => message.key = Some(String::from_utf8_lossy(&value).into_owned()),
@@ -233,6 +236,64 @@ pub(super) fn decode(
         message: Arc::new(message),
         redelivery_count,
         publish_time: published.map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
+        defect,
+    }
+}
+
+/// The properties of a `props` field that is not a JSON object of strings (the fast path failed),
+/// and why the message cannot run, if it cannot.
+///
+/// Other producers write numbers and booleans as JSON scalars (`{"count": 5}`): those are taken as
+/// their JSON text (`null` as `"null"`), and the message runs. A field that is no JSON object, or
+/// an object with arrays or objects among its values, is a defect: the message is dead-lettered
+/// with the field named, and nothing is dropped on the way — nested values keep their JSON text,
+/// and unreadable text is kept whole as the property `props`.
+fn lenient_properties(raw: &[u8]) -> (Properties, Option<String>) {
+    let whole = |why: String| {
+        let mut properties = Properties::new();
+        properties.insert(PROPS.to_owned(), String::from_utf8_lossy(raw).into_owned());
+        (
+            properties,
+            Some(format!(
+                "valkey field `{PROPS}` must be a JSON object of scalars: {why}"
+            )),
+        )
+    };
+    let object = match serde_json::from_slice::<serde_json::Value>(raw) {
+        Ok(serde_json::Value::Object(object)) => object,
+        Ok(other) => return whole(format!("got {}", json_kind(&other))),
+        Err(error) => return whole(error.to_string()),
+    };
+    let mut properties = Properties::new();
+    let mut nested = Vec::new();
+    for (name, value) in object {
+        let text = match value {
+            serde_json::Value::String(text) => text,
+            serde_json::Value::Array(_) | serde_json::Value::Object(_) => {
+                nested.push(format!("`{name}` is {}", json_kind(&value)));
+                value.to_string()
+            }
+            scalar => scalar.to_string(),
+        };
+        properties.insert(name, text);
+    }
+    let problem = (!nested.is_empty()).then(|| {
+        format!(
+            "valkey field `{PROPS}` must be a JSON object of scalars: {}",
+            nested.join(", ")
+        )
+    });
+    (properties, problem)
+}
+
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
     }
 }
 
@@ -277,6 +338,57 @@ mod tests {
             delivery.publish_time,
             Some(UNIX_EPOCH + Duration::from_millis(5))
         );
+    }
+
+    #[test]
+    fn scalar_property_values_are_taken_as_their_text() {
+        let topic: Arc<str> = Arc::from("q1/a/b/c");
+        let props =
+            br#"{"count": 5, "ok": true, "ratio": 0.5, "none": null, "wr-message-id": "m-1"}"#;
+        let fields = vec![
+            (b"payload".to_vec(), b"{}".to_vec()),
+            (b"props".to_vec(), props.to_vec()),
+        ];
+        let delivery = decode(&topic, &Arc::from("5-0"), fields, 0);
+        assert_eq!(delivery.defect, None);
+        assert_eq!(delivery.property("count"), Some("5"));
+        assert_eq!(delivery.property("ok"), Some("true"));
+        assert_eq!(delivery.property("ratio"), Some("0.5"));
+        assert_eq!(delivery.property("none"), Some("null"));
+        assert_eq!(delivery.property("wr-message-id"), Some("m-1"));
+    }
+
+    #[test]
+    fn a_props_field_that_is_no_object_of_scalars_is_a_defect_that_keeps_everything() {
+        let topic: Arc<str> = Arc::from("q1/a/b/c");
+        let decode_props = |props: &[u8]| {
+            let fields = vec![
+                (b"payload".to_vec(), b"{}".to_vec()),
+                (b"props".to_vec(), props.to_vec()),
+            ];
+            decode(&topic, &Arc::from("5-0"), fields, 0)
+        };
+
+        let nested = decode_props(br#"{"tags": ["a"], "meta": {"x": 1}, "wr-message-id": "m-2"}"#);
+        let defect = nested.defect.as_deref().expect("a defect");
+        assert!(defect.contains("field `props`"), "{defect}");
+        assert!(defect.contains("`tags` is an array"), "{defect}");
+        assert!(defect.contains("`meta` is an object"), "{defect}");
+        assert_eq!(nested.property("tags"), Some(r#"["a"]"#));
+        assert_eq!(nested.property("wr-message-id"), Some("m-2"));
+
+        for (raw, says) in [
+            (&b"[1, 2]"[..], "got an array"),
+            (b"{not json", "key must be a string"),
+        ] {
+            let broken = decode_props(raw);
+            let defect = broken.defect.as_deref().expect("a defect");
+            assert!(
+                defect.contains("field `props`") && defect.contains(says),
+                "{defect}"
+            );
+            assert_eq!(broken.property("props").map(str::as_bytes), Some(raw));
+        }
     }
 
     #[test]
