@@ -47,11 +47,24 @@ pub async fn read_topic(
     count: usize,
     within: Duration,
 ) -> Vec<Delivery> {
+    let subscription = format!("reader-{}", next_reader_id());
+    read_subscription(broker, topic, &subscription, count, within).await
+}
+
+/// Like [`read_topic`], through the subscription named `subscription` (created at the earliest
+/// message if it does not exist).
+pub async fn read_subscription(
+    broker: &dyn Broker,
+    topic: &str,
+    subscription: &str,
+    count: usize,
+    within: Duration,
+) -> Vec<Delivery> {
     let topic = Topic::parse(topic).expect("a valid topic");
     let subscription = broker
         .subscribe(SubscribeOptions {
             topic,
-            subscription: format!("reader-{}", next_reader_id()),
+            subscription: subscription.to_owned(),
             consumer_name: "test-reader".into(),
             consumer_type: ConsumerType::Shared,
             initial_position: InitialPosition::Earliest,

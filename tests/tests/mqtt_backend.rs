@@ -86,8 +86,12 @@ async fn ack_all(sub: &dyn Subscription, deliveries: &[Delivery]) {
         .expect("ack");
 }
 
+/// Message `n`, with a stable id of its own, as the framework publishes them (a message without
+/// one gets an id derived from its content on delivery, which a comparison would trip over).
 fn numbered(n: usize) -> Message {
-    Message::new(format!("payload-{n}")).with_property("n", n.to_string())
+    Message::new(format!("payload-{n}"))
+        .with_property("n", n.to_string())
+        .with_property(worker_runtime::props::MESSAGE_ID, format!("m-{n}"))
 }
 
 fn number(delivery: &Delivery) -> usize {

@@ -204,6 +204,59 @@ async fn greet(greeting: Greeting, ctx: TaskContext) -> Result<(), TaskError> {
     Ok(())
 }
 
+static DOCUMENTED: Mutex<Vec<Seen>> = Mutex::new(Vec::new());
+
+#[pulsar_io_task(topic = "persistent://test/python-interop/documented")]
+async fn documented(greeting: Greeting, ctx: TaskContext) -> Result<(), TaskError> {
+    lock(&DOCUMENTED).push(Seen {
+        name: greeting.name,
+        attempt: ctx.attempt(),
+        message_id: ctx.message_id().to_owned(),
+        key: ctx.key().map(str::to_owned),
+        properties: ctx
+            .properties()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    });
+    Ok(())
+}
+
+/// A Python producer that writes exactly what `docs/wire-format.md` shows: JSON payload,
+/// `wr-message-id` as a message property, the key as the partition key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_producer_following_the_wire_format_keeps_its_id_key_and_properties() {
+    let topic = "persistent://test/python-interop/documented";
+    let Some((py, broker)) = setup(&[topic]).await else {
+        return;
+    };
+    let running = worker(&broker, documented::task());
+    let messages = json!([{
+        "payload": r#"{"name": "documented"}"#,
+        "properties": {"wr-message-id": "py-doc-1", "tenant": "acme"},
+        "key": "k-doc",
+    }]);
+    python(
+        &py,
+        "produce",
+        topic,
+        &[messages.to_string(), String::new()],
+    )
+    .await;
+    wait_until(Duration::from_secs(30), || !lock(&DOCUMENTED).is_empty()).await;
+    let report = stop(running).await;
+    let seen = lock(&DOCUMENTED).clone();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].name, "documented");
+    assert_eq!(seen[0].message_id, "py-doc-1");
+    assert_eq!(seen[0].key.as_deref(), Some("k-doc"));
+    assert_eq!(
+        seen[0].properties.get("tenant").map(String::as_str),
+        Some("acme")
+    );
+    assert_eq!(report.task("documented").map(|t| t.succeeded), Some(1));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_of_a_python_producer_without_wr_properties_run() {
     let topic = "persistent://test/python-interop/greet";

@@ -331,6 +331,11 @@ async fn a_forbidden_sender_never_runs_and_credits_are_charged_once_across_a_red
     assert_eq!(dead.len(), 1);
     assert_provenance(&dead[0], "forbidden", "1", topic, "write");
     assert_eq!(
+        dead[0].property(props::AUTH_TOKEN),
+        None,
+        "a dead-letter copy keeps no sender token"
+    );
+    assert_eq!(
         ledger
             .balance("alice", "db_credits")
             .await

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use integration_tests::worker_support::{read_topic, RunningWorker};
+use integration_tests::worker_support::{read_subscription, read_topic, RunningWorker};
 use serde::{Deserialize, Serialize};
 use worker_runtime::broker::MemoryBroker;
 use worker_runtime::prelude::*;
@@ -432,8 +432,17 @@ async fn the_original_stays_unacked_until_its_dead_letter_copy_is_confirmed() {
         "while the DLQ refuses the copy, the original stays unacked"
     );
 
-    // Make room: a reader takes the fillers, then the copy the worker keeps trying to publish.
-    let dead = read_topic(&*broker, DLQ, 3, Duration::from_secs(30)).await;
+    // Make room: the DLQ's readers (whose subscription the worker opened at start, so that the
+    // DLQ keeps its copies for them) take the fillers, then the copy the worker keeps trying to
+    // publish.
+    let dead = read_subscription(
+        &*broker,
+        DLQ,
+        worker_runtime::dead_letters::SUBSCRIPTION,
+        3,
+        Duration::from_secs(30),
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let report = worker.stop().await;
     assert_eq!(dead.len(), 3);

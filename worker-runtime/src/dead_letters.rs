@@ -1,7 +1,10 @@
 //! Reading and replaying a dead-letter topic.
 //!
 //! Both go through a subscription of the DLQ topic like any consumer, so they work on every
-//! backend; on one without history (MQTT) a new subscription sees only what arrives after it.
+//! backend. A broker may drop what nobody subscribed to (MQTT keeps no history; Pulsar without a
+//! retention policy deletes what no subscription still needs), so the worker calls [`keep`] for
+//! each task's DLQ when it starts: from then on the copies wait in the readers' [`SUBSCRIPTION`]
+//! (on MQTT in the persistent session of its [`READER`]) until they are replayed.
 //! - [`inspect`] reads copies and gives them back (nack), so they stay in the DLQ;
 //! - [`replay`] republishes each copy to the topic it came from, without the `wr-dlq-*` properties
 //!   and with its attempts reset, and acks the copy only after the republish was confirmed. The
@@ -15,10 +18,14 @@ use worker_core::{
     SubscribeOptions, Subscription, Topic,
 };
 
-/// The subscription `inspect` reads the DLQ with.
-pub const INSPECT_SUBSCRIPTION: &str = "wr-dlq-inspect";
-/// The subscription `replay` consumes the DLQ with.
-pub const REPLAY_SUBSCRIPTION: &str = "wr-dlq-replay";
+/// The subscription [`inspect`] and [`replay`] read the DLQ with: its backlog is what the DLQ
+/// holds (inspecting gives copies back, replaying acks them).
+pub const SUBSCRIPTION: &str = "wr-dlq";
+/// The consumer name [`inspect`], [`replay`] and [`keep`] use: the same on every run, so that on
+/// MQTT each resumes the one persistent session that holds the copies (a plain MQTT client reads
+/// them by resuming it too: client id `{prefix}c~wr-dlq~wr-dlq-reader`, clean start off), and on
+/// Valkey a run picks up what an interrupted one held at once.
+pub const READER: &str = "wr-dlq-reader";
 
 /// One dead-letter copy, with its provenance read from its properties.
 #[derive(Clone, Debug)]
@@ -85,16 +92,12 @@ pub enum DeadLetterError {
 /// How long to wait for more copies before deciding the DLQ is drained.
 const QUIET_PERIOD: Duration = Duration::from_secs(2);
 
-async fn open(
-    broker: &dyn Broker,
-    dlq: &Topic,
-    subscription: &str,
-) -> Result<Box<dyn Subscription>, DeadLetterError> {
+async fn open(broker: &dyn Broker, dlq: &Topic) -> Result<Box<dyn Subscription>, DeadLetterError> {
     broker
         .subscribe(SubscribeOptions {
             topic: dlq.clone(),
-            subscription: subscription.to_owned(),
-            consumer_name: format!("{subscription}-{}", std::process::id()),
+            subscription: SUBSCRIPTION.to_owned(),
+            consumer_name: READER.to_owned(),
             consumer_type: ConsumerType::Shared,
             initial_position: InitialPosition::Earliest,
             receiver_queue_size: 100,
@@ -108,6 +111,16 @@ fn broker_error(dlq: &Topic, source: BrokerError) -> DeadLetterError {
         topic: dlq.to_string(),
         source,
     }
+}
+
+/// Makes sure `dlq` keeps its copies for [`inspect`] and [`replay`] from now on, even while
+/// nothing reads it: opens their subscription (from the earliest position) and detaches.
+pub async fn keep(broker: &dyn Broker, dlq: &Topic) -> Result<(), DeadLetterError> {
+    open(broker, dlq)
+        .await?
+        .close()
+        .await
+        .map_err(|e| broker_error(dlq, e))
 }
 
 /// Receives up to `max`, or `None` once nothing arrives for `quiet`.
@@ -130,7 +143,7 @@ pub async fn inspect(
     dlq: &Topic,
     limit: usize,
 ) -> Result<Vec<DeadLetterRecord>, DeadLetterError> {
-    let subscription = open(broker, dlq, INSPECT_SUBSCRIPTION).await?;
+    let subscription = open(broker, dlq).await?;
     let mut records = Vec::new();
     let mut held = Vec::new();
     while records.len() < limit {
@@ -191,7 +204,7 @@ pub async fn replay(
     limit: usize,
     token: Option<&str>,
 ) -> Result<usize, DeadLetterError> {
-    let subscription = open(broker, dlq, REPLAY_SUBSCRIPTION).await?;
+    let subscription = open(broker, dlq).await?;
     let mut replayed = 0;
     while replayed < limit {
         let Some(batch) = next_batch(
@@ -282,7 +295,7 @@ mod tests {
         let broker = MemoryBroker::new();
         let dlq = Topic::parse("q1/t/ns/jobs-dlq").unwrap();
         let jobs = Topic::parse("q1/t/ns/jobs").unwrap();
-        let reader = open(&broker, &jobs, "reader").await.unwrap();
+        let reader = open(&broker, &jobs).await.unwrap();
         for n in 0..5 {
             broker.publish(&dlq, dead_copy(n)).await.unwrap();
         }

@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 use worker_core::{SubscribeOptions, Subscription, TaskConfig};
 
 use crate::context::WorkerSide;
+use crate::dead_letters;
 use crate::middleware::rate_limit::RateLimiter;
 use crate::task::Task;
 
@@ -54,6 +55,11 @@ pub(crate) async fn run_task<T: Task>(run: TaskRun) -> Result<TaskReport, Worker
     let Some(subscription) = subscribe(&config, &shared, &stop).await? else {
         return Ok(Counters::default().report(T::NAME));
     };
+    if let Err(error) = dead_letters::keep(&*shared.broker, &config.dlq_topic).await {
+        // Dead-lettering still works; only copies the broker drops for want of a reader are at
+        // risk until the `dlq` command has read the topic once.
+        tracing::warn!(task = T::NAME, dlq = %config.dlq_topic, %error, "could not subscribe the dead-letter readers");
+    }
     shared.subscribed();
     let metrics = shared.metrics.task(T::NAME, &config.topic.to_string());
     let (acks, flusher) = start_ack_flusher(subscription.clone(), T::NAME, metrics.clone());

@@ -396,3 +396,73 @@ async fn the_tasks_subcommand_lists_without_starting() {
     .await
     .expect("listing");
 }
+
+#[tokio::test(start_paused = true)]
+async fn replaying_to_a_db_task_needs_a_token_its_roles_accept() {
+    use crate::auth::{Hs256Signer, Hs256Verifier};
+    use crate::broker::MemoryBroker;
+    use worker_core::{props, Broker, Message, Topic};
+
+    let key = b"cli-replay-test-key-of-32-bytes!!".to_vec();
+    let broker = Arc::new(MemoryBroker::new());
+    let dlq = Topic::parse("q1/prod/db/writes-dlq").expect("topic");
+    let writes = Topic::parse("q1/prod/db/writes").expect("topic");
+    let reader = broker
+        .subscribe(worker_core::SubscribeOptions {
+            topic: writes.clone(),
+            subscription: "check".into(),
+            consumer_name: "check".into(),
+            consumer_type: worker_core::ConsumerType::Shared,
+            initial_position: worker_core::InitialPosition::Earliest,
+            receiver_queue_size: 10,
+        })
+        .await
+        .expect("subscribe");
+    let copy = Message::new("[1]")
+        .with_property(props::MESSAGE_ID, "m-1")
+        .with_property(props::DLQ_REASON, "retries_exhausted")
+        .with_property(props::DLQ_ORIGINAL_TOPIC, writes.to_string());
+    broker.publish(&dlq, copy).await.expect("publish");
+    let run = |args: &[&str]| {
+        let cli = parse(args);
+        let extras = RunExtras::new()
+            .tasks(tasks())
+            .broker(broker.clone())
+            .verifier(Arc::new(Hs256Verifier::new(Secret::new(key.clone()))))
+            .without_signal_handlers();
+        run_with(cli, extras)
+    };
+    let signer = Hs256Signer::new(Secret::new(key.clone()));
+    let reader_token = signer
+        .sign("bob", &["reader"], Duration::from_secs(600))
+        .expect("sign");
+    let writer_token = signer
+        .sign("alice", &["db_writer"], Duration::from_secs(600))
+        .expect("sign");
+
+    // (The subcommand's variable, WORKER_REPLAY_TOKEN, feeds the same argument as --token.)
+    let replay = |token: Option<&str>| {
+        let mut args = vec!["worker", "dlq", "write_records", "--replay"];
+        args.extend(token.map(|t| ["--token", t]).into_iter().flatten());
+        run(&args)
+    };
+    let error = replay(None).await.expect_err("no token");
+    assert!(error.to_string().contains("WORKER_REPLAY_TOKEN"), "{error}");
+    let error = replay(Some(&reader_token))
+        .await
+        .expect_err("a token without the role");
+    assert_eq!(
+        error.to_string(),
+        "the replay token would not be accepted by task `write_records`"
+    );
+    assert!(!format!("{error:?}").contains(&reader_token));
+
+    replay(Some(&writer_token)).await.expect("replayed");
+    let replayed = reader.receive(10).await.expect("receive");
+    assert_eq!(replayed.len(), 1);
+    assert_eq!(replayed[0].property(props::MESSAGE_ID), Some("m-1"));
+    assert_eq!(
+        replayed[0].property(props::AUTH_TOKEN),
+        Some(writer_token.as_str())
+    );
+}
