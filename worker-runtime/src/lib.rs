@@ -9,8 +9,12 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod bridge;
 pub mod broker;
+pub mod celery;
 pub mod cli;
+#[cfg(any(feature = "mqtt", feature = "valkey"))]
+mod content_id;
 mod context;
 pub mod credits;
 pub mod dead_letters;

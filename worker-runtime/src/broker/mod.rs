@@ -6,6 +6,7 @@
 //! - `valkey` (feature `valkey`): Valkey or Redis streams.
 //! - `mqtt` (feature `mqtt`): an MQTT 5 broker through rumqttc.
 
+pub mod fanout;
 pub mod memory;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
@@ -18,6 +19,7 @@ pub mod valkey;
 pub use self::pulsar::{PulsarBroker, PulsarOptions};
 #[cfg(feature = "valkey")]
 pub use self::valkey::{ValkeyBroker, ValkeyOptions};
+pub use fanout::{FanoutBroker, FanoutPolicy};
 pub use memory::{MemoryBroker, MemoryBrokerOptions};
 #[cfg(feature = "mqtt")]
 pub use mqtt::{MqttBroker, MqttOptions};

@@ -103,6 +103,17 @@ pub enum Command {
     Tasks,
     /// Inspect a task's dead-letter queue, or replay it to the task's topic.
     Dlq(DlqArgs),
+    /// Forward messages between brokers along the routes of the `[bridge]` section of --config
+    /// (Valkey lists and Celery queues, topics on any backend), until a shutdown signal.
+    Bridge(BridgeArgs),
+}
+
+/// What `bridge` does.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct BridgeArgs {
+    /// Run only this route (repeat for several); every route of the `[bridge]` section otherwise.
+    #[arg(long = "route", value_name = "NAME")]
+    pub routes: Vec<String>,
 }
 
 /// What `dlq` does.

@@ -11,6 +11,11 @@ use super::config_file::ConfigFileError;
 /// Why the command line could not start the worker. Messages never include a secret.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
+    /// `bridge` without `--config`.
+    #[error(
+        "the bridge reads its routes from the [bridge] section of a configuration file: give it with --config (or WORKER_CONFIG)"
+    )]
+    BridgeNeedsConfig,
     /// The chosen backend's cargo feature is off.
     #[error("backend `{0}` is not compiled in (enable feature `{0}`)")]
     BackendNotCompiled(&'static str),

@@ -52,6 +52,7 @@
 
 mod args;
 mod backend;
+mod bridge;
 pub mod config_file;
 mod dlq;
 mod error;
@@ -73,7 +74,7 @@ use tokio_util::sync::CancellationToken;
 use worker_core::Broker;
 
 pub use crate::worker::default_consumer_name;
-pub use args::{parse_from, Cli, Command, DlqArgs, MetricsAddr};
+pub use args::{parse_from, BridgeArgs, Cli, Command, DlqArgs, MetricsAddr};
 pub use backend::{
     connect_backend, BackendArgs, BackendKind, MqttArgs, PulsarArgs, PulsarCompression, ValkeyArgs,
 };
@@ -110,21 +111,24 @@ fn load_verifier(cli: &Cli) -> Result<Option<Arc<dyn TokenVerifier>>, CliError> 
 /// Runs the worker as `cli` says, with what `extras` provides: sets up logging, loads and checks
 /// the tasks, serves metrics, connects the broker and runs until a shutdown signal (or the
 /// `extras` token). Returns once the worker stopped gracefully.
-pub async fn run_with(cli: Cli, extras: RunExtras) -> anyhow::Result<()> {
+pub async fn run_with(cli: Cli, mut extras: RunExtras) -> anyhow::Result<()> {
     logging::init_with_directives(cli.log_format, cli.backend.log_directives());
-    let tasks = extras.tasks.unwrap_or_else(crate::registered_tasks);
+    let tasks = extras.tasks.take().unwrap_or_else(crate::registered_tasks);
     let tasks = prepare_tasks(&cli, tasks)?;
     match &cli.command {
         Some(Command::Tasks) => {
             print!("{}", describe_tasks(&tasks));
             return Ok(());
         }
+        Some(Command::Bridge(args)) => {
+            return bridge::run(&cli, args, &extras).await;
+        }
         Some(Command::Dlq(args)) => {
-            let verifier = match extras.verifier {
+            let verifier = match extras.verifier.take() {
                 Some(verifier) => Some(verifier),
                 None => load_verifier(&cli)?,
             };
-            let broker = match extras.broker {
+            let broker = match extras.broker.take() {
                 Some(broker) => broker,
                 None => connect_backend(&cli.backend).await?,
             };
@@ -135,43 +139,17 @@ pub async fn run_with(cli: Cli, extras: RunExtras) -> anyhow::Result<()> {
     if tasks.is_empty() {
         return Err(CliError::NoTasks.into());
     }
-    let verifier = match extras.verifier {
+    let verifier = match extras.verifier.take() {
         Some(verifier) => Some(verifier),
         None => load_verifier(&cli)?,
     };
     check_verifier(&tasks, verifier.is_some())?;
 
     let consumer_name = cli.consumer_name();
-    let metrics = Metrics::new(&consumer_name);
-    let shutdown = extras.shutdown.unwrap_or_default();
-    if !extras.no_signal_handlers {
-        let signals = signals::ShutdownSignals::install().map_err(CliError::Signals)?;
-        signals::spawn_handler(signals, shutdown.clone(), cli.shutdown_grace);
-    }
-    let not_ready_on_shutdown = {
-        let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            shutdown.cancelled().await;
-            metrics.set_ready(false);
-        })
-    };
-    let metrics_stop = CancellationToken::new();
-    let metrics_server = match cli.metrics_addr {
-        MetricsAddr::Off => None,
-        MetricsAddr::On(addr) => {
-            let bound = server::bind(addr)
-                .await
-                .map_err(|source| CliError::MetricsBind { addr, source })?;
-            let local = bound.local_addr().unwrap_or(addr);
-            tracing::info!(addr = %local, "serving /metrics, /healthz and /readyz");
-            Some(tokio::spawn(
-                bound.serve(metrics.clone(), metrics_stop.clone()),
-            ))
-        }
-    };
-
+    let service = Service::start(&cli, &consumer_name, &extras).await?;
+    let (metrics, shutdown) = (service.metrics.clone(), service.shutdown.clone());
     let result = async {
-        let broker = match extras.broker {
+        let broker = match extras.broker.take() {
             Some(broker) => broker,
             None => tokio::select! {
                 broker = connect_backend(&cli.backend) => broker?,
@@ -194,28 +172,85 @@ pub async fn run_with(cli: Cli, extras: RunExtras) -> anyhow::Result<()> {
                 tasks,
                 consumer_name,
                 verifier,
-                credit_ledger: extras.credit_ledger,
-                metrics: metrics.clone(),
+                credit_ledger: extras.credit_ledger.take(),
+                metrics,
                 shutdown_grace: cli.shutdown_grace,
             },
-            shutdown.clone(),
+            shutdown,
         )
         .await
     }
     .await;
+    service.finish().await;
+    result
+}
 
-    metrics.set_ready(false);
-    not_ready_on_shutdown.abort();
-    metrics_stop.cancel();
-    if let Some(server) = metrics_server {
-        if tokio::time::timeout(METRICS_STOP_TIMEOUT, server)
-            .await
-            .is_err()
-        {
-            tracing::warn!("the metrics endpoint did not stop in time");
+/// What the long-running commands (the worker, the bridge) share: shutdown on a signal (or the
+/// extras' token), `/metrics` served, readiness cleared as soon as shutdown begins.
+pub(crate) struct Service {
+    pub(crate) metrics: Metrics,
+    pub(crate) shutdown: CancellationToken,
+    metrics_stop: CancellationToken,
+    metrics_server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    not_ready_on_shutdown: tokio::task::JoinHandle<()>,
+}
+
+impl Service {
+    pub(crate) async fn start(
+        cli: &Cli,
+        consumer_name: &str,
+        extras: &RunExtras,
+    ) -> Result<Self, CliError> {
+        let metrics = Metrics::new(consumer_name);
+        let shutdown = extras.shutdown.clone().unwrap_or_default();
+        if !extras.no_signal_handlers {
+            let signals = signals::ShutdownSignals::install().map_err(CliError::Signals)?;
+            signals::spawn_handler(signals, shutdown.clone(), cli.shutdown_grace);
+        }
+        let not_ready_on_shutdown = {
+            let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                metrics.set_ready(false);
+            })
+        };
+        let metrics_stop = CancellationToken::new();
+        let metrics_server = match cli.metrics_addr {
+            MetricsAddr::Off => None,
+            MetricsAddr::On(addr) => {
+                let bound = server::bind(addr)
+                    .await
+                    .map_err(|source| CliError::MetricsBind { addr, source })?;
+                let local = bound.local_addr().unwrap_or(addr);
+                tracing::info!(addr = %local, "serving /metrics, /healthz and /readyz");
+                Some(tokio::spawn(
+                    bound.serve(metrics.clone(), metrics_stop.clone()),
+                ))
+            }
+        };
+        Ok(Service {
+            metrics,
+            shutdown,
+            metrics_stop,
+            metrics_server,
+            not_ready_on_shutdown,
+        })
+    }
+
+    /// Not ready any more; stops serving `/metrics`.
+    pub(crate) async fn finish(self) {
+        self.metrics.set_ready(false);
+        self.not_ready_on_shutdown.abort();
+        self.metrics_stop.cancel();
+        if let Some(server) = self.metrics_server {
+            if tokio::time::timeout(METRICS_STOP_TIMEOUT, server)
+                .await
+                .is_err()
+            {
+                tracing::warn!("the metrics endpoint did not stop in time");
+            }
         }
     }
-    result
 }
 
 /// Everything the worker is built from.

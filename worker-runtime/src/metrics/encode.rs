@@ -5,11 +5,19 @@ use std::sync::Arc;
 
 use worker_core::DeadLetterReason;
 
+use super::fanout::FanoutCells;
+use super::route::RouteCells;
 use super::task::TaskCells;
 use super::text::{Float, Kind, TextWriter};
 
 /// The exposition of `tasks` for the worker `consumer` (escaped).
-pub(super) fn encode(consumer: &str, ready: bool, tasks: &[Arc<TaskCells>]) -> String {
+pub(super) fn encode(
+    consumer: &str,
+    ready: bool,
+    tasks: &[Arc<TaskCells>],
+    routes: &[Arc<RouteCells>],
+    fanout: &[Arc<FanoutCells>],
+) -> String {
     let mut w = TextWriter::new();
     let c = consumer;
 
@@ -196,5 +204,110 @@ pub(super) fn encode(consumer: &str, ready: bool, tasks: &[Arc<TaskCells>]) -> S
         }
     }
 
+    if !routes.is_empty() {
+        encode_routes(&mut w, routes);
+    }
+    if !fanout.is_empty() {
+        encode_fanout(&mut w, fanout);
+    }
     w.finish()
+}
+
+/// The bridge's families, one series per route.
+fn encode_routes(w: &mut TextWriter, routes: &[Arc<RouteCells>]) {
+    w.family(
+        "bridge_forwarded_total",
+        Kind::Counter,
+        "Messages a route handed on: ok (the target confirmed) or dead_lettered (to the route's DLQ).",
+    );
+    for r in routes {
+        let ok = [("route", &*r.route), ("status", "ok")];
+        w.sample("bridge_forwarded_total", &ok, r.forwarded.load(Relaxed));
+        let dead = [("route", &*r.route), ("status", "dead_lettered")];
+        w.sample(
+            "bridge_forwarded_total",
+            &dead,
+            r.dead_lettered.load(Relaxed),
+        );
+    }
+
+    w.family(
+        "bridge_forward_latency_seconds",
+        Kind::Histogram,
+        "From the source's timestamp (or the read) to the target's confirmation.",
+    );
+    for r in routes {
+        let snapshot = r.latency.snapshot();
+        w.histogram(
+            "bridge_forward_latency_seconds",
+            &[("route", &*r.route)],
+            &snapshot,
+        );
+    }
+
+    w.family(
+        "bridge_buffered",
+        Kind::Gauge,
+        "Messages read from the source and not yet confirmed by the target.",
+    );
+    for r in routes {
+        w.sample(
+            "bridge_buffered",
+            &[("route", &*r.route)],
+            r.buffered.load(Relaxed),
+        );
+    }
+
+    w.family(
+        "bridge_target_failures_total",
+        Kind::Counter,
+        "Publishes to the target that failed and are tried again.",
+    );
+    for r in routes {
+        let labels = [("route", &*r.route)];
+        w.sample(
+            "bridge_target_failures_total",
+            &labels,
+            r.target_failures.load(Relaxed),
+        );
+    }
+
+    w.family(
+        "bridge_source_lag",
+        Kind::Gauge,
+        "Messages waiting in the route's source, where the source can tell.",
+    );
+    for r in routes {
+        let lag = r.source_lag.load(Relaxed);
+        if lag >= 0 {
+            w.sample("bridge_source_lag", &[("route", &*r.route)], lag);
+        }
+    }
+}
+
+/// The fanout brokers' families, one series per member.
+fn encode_fanout(w: &mut TextWriter, members: &[Arc<FanoutCells>]) {
+    w.family(
+        "fanout_published_total",
+        Kind::Counter,
+        "Publishes to a member of a fanout broker, by whether the member confirmed them.",
+    );
+    for m in members {
+        let ok = [("broker", &*m.broker), ("status", "ok")];
+        w.sample("fanout_published_total", &ok, m.ok.load(Relaxed));
+        let failed = [("broker", &*m.broker), ("status", "failed")];
+        w.sample("fanout_published_total", &failed, m.failed.load(Relaxed));
+    }
+    w.family(
+        "fanout_buffered",
+        Kind::Gauge,
+        "Copies waiting for a member of a fanout broker (policy first).",
+    );
+    for m in members {
+        w.sample(
+            "fanout_buffered",
+            &[("broker", &*m.broker)],
+            m.buffered.load(Relaxed),
+        );
+    }
 }

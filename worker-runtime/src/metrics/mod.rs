@@ -29,6 +29,8 @@
 
 mod atomic;
 mod encode;
+mod fanout;
+mod route;
 pub mod server;
 mod task;
 mod text;
@@ -40,9 +42,13 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+pub use fanout::FanoutMetrics;
+pub use route::RouteMetrics;
 pub use task::{InFlightGuard, TaskMetrics};
 pub use text::CONTENT_TYPE;
 
+use fanout::FanoutCells;
+use route::RouteCells;
 use task::TaskCells;
 
 /// The metrics registry of one worker process. Cheap to clone: clones share the same series.
@@ -57,6 +63,10 @@ struct Registry {
     ready: AtomicBool,
     /// Registered tasks by name. Locked only to register and to encode, never per message.
     tasks: Mutex<BTreeMap<String, Arc<TaskCells>>>,
+    /// Registered bridge routes by name, likewise.
+    routes: Mutex<BTreeMap<String, Arc<RouteCells>>>,
+    /// Members of fanout brokers by name, likewise.
+    fanout: Mutex<BTreeMap<String, Arc<FanoutCells>>>,
 }
 
 impl Metrics {
@@ -67,6 +77,8 @@ impl Metrics {
                 consumer: text::escape_label_value(consumer),
                 ready: AtomicBool::new(false),
                 tasks: Mutex::new(BTreeMap::new()),
+                routes: Mutex::new(BTreeMap::new()),
+                fanout: Mutex::new(BTreeMap::new()),
             }),
         }
     }
@@ -82,10 +94,38 @@ impl Metrics {
         TaskMetrics::from_cells(cells)
     }
 
+    /// Registers bridge route `route` (once; later calls return the same handles).
+    pub fn route(&self, route: &str) -> RouteMetrics {
+        let mut routes = self.inner.routes.lock();
+        let cells = routes
+            .entry(route.to_owned())
+            .or_insert_with(|| Arc::new(RouteCells::new(route)))
+            .clone();
+        RouteMetrics::from_cells(cells)
+    }
+
+    /// Registers the fanout member `broker` (once; later calls return the same handles).
+    pub fn fanout_member(&self, broker: &str) -> FanoutMetrics {
+        let mut members = self.inner.fanout.lock();
+        let cells = members
+            .entry(broker.to_owned())
+            .or_insert_with(|| Arc::new(FanoutCells::new(broker)))
+            .clone();
+        FanoutMetrics::from_cells(cells)
+    }
+
     /// The Prometheus text exposition (format 0.0.4) of every series.
     pub fn encode(&self) -> String {
         let tasks: Vec<Arc<TaskCells>> = self.inner.tasks.lock().values().cloned().collect();
-        encode::encode(&self.inner.consumer, self.is_ready(), &tasks)
+        let routes: Vec<Arc<RouteCells>> = self.inner.routes.lock().values().cloned().collect();
+        let fanout: Vec<Arc<FanoutCells>> = self.inner.fanout.lock().values().cloned().collect();
+        encode::encode(
+            &self.inner.consumer,
+            self.is_ready(),
+            &tasks,
+            &routes,
+            &fanout,
+        )
     }
 
     /// Sets whether the worker is ready to take messages (what `/readyz` answers).

@@ -8,8 +8,9 @@
 
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
-use sha2::{Digest, Sha256};
 use worker_core::{props, BrokerError, Message, Properties};
+
+use crate::content_id::hex;
 
 /// User property that carries [`Message::key`].
 pub(crate) const KEY: &str = "wr-mqtt-key";
@@ -97,7 +98,7 @@ pub(crate) fn decode(publish: &Publish) -> (Message, u32) {
             properties.insert(RESPONSE_TOPIC.to_owned(), topic.clone());
         }
         if let Some(data) = &native.correlation_data {
-            properties.insert(CORRELATION_DATA.to_owned(), to_hex(data));
+            properties.insert(CORRELATION_DATA.to_owned(), hex(data));
         }
     }
     if !properties.contains_key(props::MESSAGE_ID) {
@@ -131,38 +132,21 @@ pub(crate) fn content_id(
     payload: &[u8],
     properties: &Properties,
 ) -> String {
-    let mut hash = Sha256::new();
-    // Each part is length-prefixed, so no two different messages feed the same bytes.
-    let mut part = |bytes: &[u8]| {
-        hash.update((bytes.len() as u64).to_be_bytes());
-        hash.update(bytes);
+    let key_parts: [&[u8]; 2] = match key {
+        Some(key) => [b"k", key.as_bytes()],
+        None => [b"", b""],
     };
-    part(topic);
-    match key {
-        Some(key) => {
-            part(b"k");
-            part(key.as_bytes());
-        }
-        None => part(b""),
-    }
-    part(payload);
-    for (name, value) in properties {
-        part(name.as_bytes());
-        part(value.as_bytes());
-    }
-    let digest = hash.finalize();
-    format!("mqtt-{}", to_hex(&digest[..16]))
-}
-
-/// Lowercase hex.
-fn to_hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut text = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        text.push(char::from(DIGITS[usize::from(byte & 0xf)]));
-    }
-    text
+    let property_parts = properties
+        .iter()
+        .flat_map(|(name, value)| [name.as_bytes(), value.as_bytes()]);
+    crate::content_id::content_id(
+        "mqtt",
+        [topic]
+            .into_iter()
+            .chain(key_parts)
+            .chain([payload])
+            .chain(property_parts),
+    )
 }
 
 /// The bytes of hex text (either case), or `None` if it is not hex.

@@ -33,6 +33,7 @@
 
 mod codec;
 mod delayed;
+mod lists;
 mod maintenance;
 mod naming;
 mod ownership;
@@ -53,6 +54,7 @@ use worker_core::{
     MessageId, SubscribeOptions, Subscription, Topic,
 };
 
+pub use lists::ListQueue;
 pub use naming::TopicKeys;
 
 use codec::unix_millis;
@@ -209,6 +211,12 @@ impl ValkeyBroker {
     /// Consumed topics are also trimmed every [`ValkeyOptions::trim_interval`].
     pub async fn trim(&self, topic: &Topic) -> Result<u64, BrokerError> {
         maintenance::trim(&self.shared, &TopicKeys::of(topic)).await
+    }
+
+    /// The Redis list `key` as a reliable queue read by `reader` (a stable name: its processing
+    /// list is `{key}:processing:{reader}`), or written to. See [`ListQueue`].
+    pub fn list_queue(&self, key: &str, reader: &str) -> ListQueue {
+        ListQueue::new(Arc::clone(&self.shared), key, reader)
     }
 
     /// Moves the topic's due delayed messages into its stream now; returns how many. Consumed

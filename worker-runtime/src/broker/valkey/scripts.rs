@@ -154,3 +154,33 @@ return 0
 "#,
     )
 });
+
+/// Takes up to ARGV[1] items from the consuming end of a list into a processing list, oldest
+/// first: `LMOVE … RIGHT LEFT` in a loop. KEYS: list, processing list. Returns the items.
+pub(super) static LIST_TAKE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local taken = {}
+for i = 1, tonumber(ARGV[1]) do
+  local item = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
+  if not item then break end
+  taken[i] = item
+end
+return taken
+"#,
+    )
+});
+
+/// Moves everything in a processing list back to the consuming end of its list, so the oldest
+/// taken item is taken again first. KEYS: processing list, list. Returns how many.
+pub(super) static LIST_RECOVER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local moved = 0
+while redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') do
+  moved = moved + 1
+end
+return moved
+"#,
+    )
+});

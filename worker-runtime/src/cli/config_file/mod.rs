@@ -23,7 +23,7 @@
 //! values of the wrong type or out of range, and combinations [`TaskConfig::validate`] refuses),
 //! each with its line, task and key, and changes nothing unless the whole file is acceptable.
 
-mod values;
+pub(crate) mod values;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -66,6 +66,9 @@ pub struct ConfigProblem {
     pub line: Option<usize>,
     /// The task it concerns, if any.
     pub task: Option<String>,
+    /// The part of the file it concerns when it is no task (`` route `orders` ``,
+    /// `` broker `cache` ``), if any.
+    pub section: Option<String>,
     /// The key it concerns, if any.
     pub key: Option<String>,
     /// What is wrong, as a phrase that follows the key (`must be a positive integer, got string`).
@@ -74,11 +77,14 @@ pub struct ConfigProblem {
 
 impl fmt::Display for ConfigProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (&self.task, &self.key) {
-            (Some(task), Some(key)) => write!(f, "task `{task}`: `{key}` {}", self.message),
-            (Some(task), None) => write!(f, "task `{task}`: {}", self.message),
-            (None, Some(key)) => write!(f, "`{key}` {}", self.message),
-            (None, None) => f.write_str(&self.message),
+        if let Some(task) = &self.task {
+            write!(f, "task `{task}`: ")?;
+        } else if let Some(section) = &self.section {
+            write!(f, "{section}: ")?;
+        }
+        match &self.key {
+            Some(key) => write!(f, "`{key}` {}", self.message),
+            None => f.write_str(&self.message),
         }
     }
 }
@@ -165,15 +171,20 @@ pub fn apply_overrides(
     let mut problems = Vec::new();
 
     for (top_key, value) in &document {
+        if top_key == "bridge" {
+            // The bridge's routes: read by `bridge::BridgeConfig` when the bridge runs.
+            continue;
+        }
         let Some(task_tables) = value.as_table().filter(|_| top_key == "tasks") else {
             let message = if top_key == "tasks" {
                 format!("must hold [tasks.<name>] tables, got {}", value.type_str())
             } else {
-                "is not a known top-level key: the file holds only [tasks.<name>] tables".into()
+                "is not a known top-level key: the file holds [tasks.<name>] tables and a [bridge] section".into()
             };
             problems.push(ConfigProblem {
                 line: lines.top.get(top_key.as_str()).copied(),
                 task: None,
+                section: None,
                 key: Some(top_key.clone()),
                 message,
             });
@@ -191,6 +202,7 @@ pub fn apply_overrides(
                 problems.push(ConfigProblem {
                     line,
                     task: Some(name.clone()),
+                    section: None,
                     key: None,
                     message: format!("no such task in this binary; known tasks: {known}"),
                 });
@@ -200,6 +212,7 @@ pub fn apply_overrides(
                 problems.push(ConfigProblem {
                     line,
                     task: Some(name.clone()),
+                    section: None,
                     key: None,
                     message: format!(
                         "[tasks.{name}] must be a table of keys, got {}",
@@ -212,6 +225,7 @@ pub fn apply_overrides(
                 problems.push(ConfigProblem {
                     line: lines.key(name, key),
                     task: Some(name.clone()),
+                    section: None,
                     key: Some(key.to_owned()),
                     message,
                 })
@@ -236,6 +250,7 @@ pub fn apply_overrides(
             problems.push(ConfigProblem {
                 line,
                 task: Some(error.task),
+                section: None,
                 key: Some(error.key.to_owned()),
                 message: error.message,
             });
@@ -396,6 +411,30 @@ impl KeyLines {
     fn key(&self, task: &str, key: &str) -> Option<usize> {
         self.keys.get(&(task.to_owned(), key.to_owned())).copied()
     }
+}
+
+/// The line of every key of `text` (which must already have parsed as TOML) by its dotted path
+/// (`bridge.routes.orders.source.broker`), tables and inline tables alike.
+pub(crate) fn dotted_key_lines(text: &str) -> HashMap<String, usize> {
+    use toml::de::{DeTable, DeValue};
+    fn walk(text: &str, prefix: &str, table: &DeTable<'_>, out: &mut HashMap<String, usize>) {
+        for (key, value) in table {
+            let path = if prefix.is_empty() {
+                key.get_ref().to_string()
+            } else {
+                format!("{prefix}.{}", key.get_ref())
+            };
+            out.insert(path.clone(), line_of(text, key.span().start));
+            if let DeValue::Table(inner) = value.get_ref() {
+                walk(text, &path, inner, out);
+            }
+        }
+    }
+    let mut lines = HashMap::new();
+    if let Ok(document) = DeTable::parse(text) {
+        walk(text, "", document.get_ref(), &mut lines);
+    }
+    lines
 }
 
 /// The 1-based line of byte `offset` in `text`.

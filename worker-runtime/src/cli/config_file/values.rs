@@ -6,17 +6,17 @@ use toml::Value;
 use worker_core::{parse_duration, Topic};
 
 /// What is wrong with a value, without the task or the key (the caller adds them).
-pub(super) type ValueResult<T> = Result<T, String>;
+pub(crate) type ValueResult<T> = Result<T, String>;
 
 /// A string.
-pub(super) fn string(value: &Value) -> ValueResult<&str> {
+pub(crate) fn string(value: &Value) -> ValueResult<&str> {
     value
         .as_str()
         .ok_or_else(|| format!("must be a string, got {}", value.type_str()))
 }
 
 /// A topic name in one of the accepted forms.
-pub(super) fn topic(value: &Value) -> ValueResult<Topic> {
+pub(crate) fn topic(value: &Value) -> ValueResult<Topic> {
     let text = value
         .as_str()
         .ok_or_else(|| format!("must be a topic name string, got {}", value.type_str()))?;
@@ -24,7 +24,7 @@ pub(super) fn topic(value: &Value) -> ValueResult<Topic> {
 }
 
 /// A whole number of at least 1 that fits `T`.
-pub(super) fn positive<T: TryFrom<i64>>(value: &Value) -> ValueResult<T> {
+pub(crate) fn positive<T: TryFrom<i64>>(value: &Value) -> ValueResult<T> {
     let n = integer(value, "a positive integer")?;
     if n < 1 {
         return Err(format!("must be a positive integer, got {n}"));
@@ -33,7 +33,7 @@ pub(super) fn positive<T: TryFrom<i64>>(value: &Value) -> ValueResult<T> {
 }
 
 /// A whole number of at least 0 that fits `T`.
-pub(super) fn non_negative<T: TryFrom<i64>>(value: &Value) -> ValueResult<T> {
+pub(crate) fn non_negative<T: TryFrom<i64>>(value: &Value) -> ValueResult<T> {
     let n = integer(value, "a non-negative integer")?;
     if n < 0 {
         return Err(format!("must be a non-negative integer, got {n}"));
@@ -48,7 +48,7 @@ fn integer(value: &Value, what: &str) -> ValueResult<i64> {
 }
 
 /// A number, integer or float.
-pub(super) fn number(value: &Value) -> ValueResult<f64> {
+pub(crate) fn number(value: &Value) -> ValueResult<f64> {
     match value {
         Value::Integer(n) => Ok(*n as f64),
         Value::Float(x) => Ok(*x),
@@ -57,7 +57,7 @@ pub(super) fn number(value: &Value) -> ValueResult<f64> {
 }
 
 /// A duration: whole seconds (`30`) or a string with a unit (`"500ms"`, `"2m"`).
-pub(super) fn duration(value: &Value) -> ValueResult<Duration> {
+pub(crate) fn duration(value: &Value) -> ValueResult<Duration> {
     match value {
         Value::Integer(n) => u64::try_from(*n)
             .map(Duration::from_secs)
@@ -71,7 +71,7 @@ pub(super) fn duration(value: &Value) -> ValueResult<Duration> {
 }
 
 /// An array of strings.
-pub(super) fn strings(value: &Value) -> ValueResult<Vec<String>> {
+pub(crate) fn strings(value: &Value) -> ValueResult<Vec<String>> {
     let items = value
         .as_array()
         .ok_or_else(|| format!("must be an array of strings, got {}", value.type_str()))?;
@@ -90,7 +90,7 @@ pub(super) fn strings(value: &Value) -> ValueResult<Vec<String>> {
 }
 
 /// One of a fixed set of names.
-pub(super) fn one_of<T>(
+pub(crate) fn one_of<T>(
     value: &Value,
     parse: impl Fn(&str) -> Option<T>,
     names: &[&str],
