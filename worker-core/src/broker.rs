@@ -205,6 +205,20 @@ pub trait Subscription: Send + Sync {
 
     /// Detaches the consumer. Unacked deliveries go back to the subscription.
     fn close(&self) -> BoxFuture<'_, Result<(), BrokerError>>;
+
+    /// Detaches the consumer and deletes the subscription with its backlog, so the broker keeps
+    /// nothing more for it (for short-lived subscriptions such as a replay's). Fails while other
+    /// consumers are attached, where the backend can tell. Backends that cannot delete a
+    /// subscription say so ([`BrokerError::Unsupported`]), after closing.
+    fn unsubscribe(&self) -> BoxFuture<'_, Result<(), BrokerError>> {
+        Box::pin(async move {
+            self.close().await?;
+            Err(BrokerError::Unsupported {
+                backend: "this backend",
+                feature: "deleting a subscription".to_owned(),
+            })
+        })
+    }
 }
 
 #[cfg(test)]

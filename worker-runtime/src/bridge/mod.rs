@@ -18,6 +18,7 @@
 pub mod config;
 #[cfg(feature = "valkey")]
 pub mod lists;
+pub mod replay;
 pub mod route;
 pub mod source;
 pub mod target;
@@ -35,6 +36,7 @@ use crate::broker::MemoryBroker;
 use crate::metrics::Metrics;
 
 pub use config::{BridgeConfig, BrokerSpec, RouteSpec, SourceSpec, TargetSpec};
+pub use replay::{replay_route, ReplayFrom, ReplayOptions, ReplayReport};
 pub use route::{DeadLetterTopic, Route, RouteReport};
 pub use source::{Item, Receipt, Source, TopicSource};
 pub use target::{Target, TopicTarget};
@@ -134,20 +136,23 @@ impl Bridge {
 }
 
 /// The configured brokers, connected.
-struct Brokers {
+pub(super) struct Brokers {
     by_name: BTreeMap<String, Connected>,
 }
 
 #[derive(Clone)]
-struct Connected {
-    broker: Arc<dyn Broker>,
+pub(super) struct Connected {
+    pub(super) broker: Arc<dyn Broker>,
     /// The same broker as Valkey, for lists and Celery queues.
     #[cfg(feature = "valkey")]
     valkey: Option<Arc<crate::broker::valkey::ValkeyBroker>>,
 }
 
 impl Brokers {
-    async fn connect(config: &BridgeConfig, metrics: &Metrics) -> Result<Self, BridgeError> {
+    pub(super) async fn connect(
+        config: &BridgeConfig,
+        metrics: &Metrics,
+    ) -> Result<Self, BridgeError> {
         let mut by_name = BTreeMap::new();
         // Plain brokers first, fanouts over them after.
         for (name, spec) in &config.brokers {
@@ -175,7 +180,7 @@ impl Brokers {
         Ok(Brokers { by_name })
     }
 
-    fn get(&self, name: &str) -> Result<&Connected, BridgeError> {
+    pub(super) fn get(&self, name: &str) -> Result<&Connected, BridgeError> {
         self.by_name.get(name).ok_or_else(|| {
             BridgeError::Unsupported(format!("bridge broker `{name}` is not defined"))
         })

@@ -129,6 +129,8 @@ impl Route {
         // Items read and not done yet: in a publish, or waiting behind their key.
         let mut held = 0usize;
         let mut done: Vec<Receipt> = Vec::new();
+        // When to tell the source again about items it failed to take back as done.
+        let mut done_retry: Option<tokio::time::Instant> = None;
         let mut reading: Option<Pin<Box<dyn Future<Output = _> + Send + '_>>> = None;
         let mut read_pause = RETRY_FIRST;
         let mut lag_tick = tokio::time::interval(LAG_EVERY);
@@ -140,7 +142,7 @@ impl Route {
             if !stopping && reading.is_none() && held < max_in_flight {
                 reading = Some(source.read(max_in_flight - held));
             }
-            if stopping && reading.is_none() && held == 0 {
+            if stopping && reading.is_none() && held == 0 && done.is_empty() {
                 break;
             }
             tokio::select! {
@@ -193,14 +195,12 @@ impl Route {
                             }
                         }
                     }
-                    if !done.is_empty() {
-                        let receipts = std::mem::take(&mut done);
-                        if let Err(error) = source.done(receipts).await {
-                            // Their copies are confirmed; the source hands them out again, and they
-                            // are forwarded twice, which at least once allows.
-                            tracing::warn!(route = %name, %error, "telling the source that items are done failed");
-                        }
+                    if done_retry.is_none() {
+                        done_retry = tell_done(&*source, &mut done, &name).await;
                     }
+                }
+                _ = sleep_until_some(done_retry) => {
+                    done_retry = tell_done(&*source, &mut done, &name).await;
                 }
                 read = async {
                     match reading.as_mut() {
@@ -247,6 +247,43 @@ impl Route {
         }
         tracing::info!(route = %name, ?report, "stopped");
         report
+    }
+}
+
+/// Tells the source that the `done` items are done. On a transient failure they are kept for
+/// another try at the returned time (a source down for a moment must not keep them, and forward
+/// them again, until the next restart); on another failure they are given up: the source hands
+/// them out again and they are forwarded twice, which at least once allows.
+async fn tell_done(
+    source: &dyn Source,
+    done: &mut Vec<Receipt>,
+    route: &str,
+) -> Option<tokio::time::Instant> {
+    if done.is_empty() {
+        return None;
+    }
+    match source.done(done.clone()).await {
+        Ok(()) => {
+            done.clear();
+            None
+        }
+        Err(error) if error.is_transient() => {
+            tracing::warn!(route, %error, count = done.len(), "telling the source that items are done failed; trying again");
+            Some(tokio::time::Instant::now() + RETRY_FIRST * 5)
+        }
+        Err(error) => {
+            tracing::warn!(route, %error, count = done.len(), "telling the source that items are done failed; they will be forwarded again");
+            done.clear();
+            None
+        }
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

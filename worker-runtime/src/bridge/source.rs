@@ -111,33 +111,7 @@ impl Source for TopicSource {
     fn read(&self, max: usize) -> BoxFuture<'_, Result<Vec<Item>, BrokerError>> {
         Box::pin(async move {
             let deliveries = self.subscription.receive(max).await?;
-            let read_at = Instant::now();
-            Ok(deliveries
-                .into_iter()
-                .map(|delivery| {
-                    let mut message = Arc::unwrap_or_clone(delivery.message);
-                    // The stable id travels: the producer's, or the broker's id of this stored
-                    // message, as a worker would have taken it.
-                    if message
-                        .property(props::MESSAGE_ID)
-                        .is_none_or(str::is_empty)
-                    {
-                        message
-                            .properties
-                            .insert(props::MESSAGE_ID.to_owned(), delivery.id.to_string());
-                    }
-                    Item {
-                        message,
-                        receipt: Receipt::Delivery(delivery.id),
-                        topic: None,
-                        defect: delivery
-                            .defect
-                            .map(|why| (DeadLetterReason::DecodeError, why.to_string())),
-                        published: delivery.publish_time,
-                        read_at,
-                    }
-                })
-                .collect())
+            Ok(deliveries.into_iter().map(Item::from_delivery).collect())
         })
     }
 

@@ -27,7 +27,8 @@ use crate::worker::default_consumer_name;
                   messages and lets work in flight finish; a second signal exits at once."
 )]
 pub struct Cli {
-    /// This worker's consumer name, unique per process [default: {hostname}-{pid}].
+    /// This worker's consumer name, unique per running copy and the same across its restarts
+    /// [default: {hostname}-{n}, n the lowest slot no other running copy on this host holds].
     #[arg(long, env = "WORKER_CONSUMER_NAME", global = true)]
     pub consumer_name: Option<String>,
 
@@ -46,11 +47,13 @@ pub struct Cli {
         long,
         env = "WORKER_METRICS_ADDR",
         default_value = "0.0.0.0:9090",
-        value_name = "ADDR|off"
+        value_name = "ADDR|off",
+        global = true
     )]
     pub metrics_addr: MetricsAddr,
 
-    /// A TOML file overriding task settings ([tasks.NAME] tables with the same keys as the task attributes).
+    /// A TOML file overriding task settings ([tasks.NAME] tables with the same keys as the task
+    /// attributes) and holding the bridge's routes ([bridge]).
     #[arg(long, env = "WORKER_CONFIG", value_name = "PATH", global = true)]
     pub config: Option<PathBuf>,
 
@@ -81,7 +84,8 @@ pub struct Cli {
         env = "WORKER_SHUTDOWN_GRACE",
         default_value = "30s",
         value_name = "DURATION",
-        value_parser = duration_value
+        value_parser = duration_value,
+        global = true
     )]
     pub shutdown_grace: Duration,
 
@@ -114,6 +118,34 @@ pub struct BridgeArgs {
     /// Run only this route (repeat for several); every route of the `[bridge]` section otherwise.
     #[arg(long = "route", value_name = "NAME")]
     pub routes: Vec<String>,
+    /// Instead of running the routes: replay one.
+    #[command(subcommand)]
+    pub action: Option<BridgeAction>,
+}
+
+/// What `bridge` does besides running its routes.
+#[derive(Subcommand, Clone, Debug)]
+pub enum BridgeAction {
+    /// Forward a route's history again, from a position, through a subscription of its own that
+    /// is deleted at the end (topic sources on Pulsar, Valkey or the embedded broker).
+    Replay(ReplayArgs),
+}
+
+/// What `bridge replay` does.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ReplayArgs {
+    /// The route to replay.
+    pub route: String,
+    /// Where to start: `earliest`, an RFC 3339 time (`2026-12-01T08:00:00Z`), or a message id
+    /// (a Pulsar position as the DLQ shows it, a Valkey entry id).
+    #[arg(long, value_name = "POSITION")]
+    pub from: String,
+    /// Count what would be forwarded; forward nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Forward at most this many.
+    #[arg(long)]
+    pub limit: Option<u64>,
 }
 
 /// What `dlq` does.

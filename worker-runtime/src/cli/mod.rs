@@ -74,7 +74,9 @@ use tokio_util::sync::CancellationToken;
 use worker_core::Broker;
 
 pub use crate::worker::default_consumer_name;
-pub use args::{parse_from, BridgeArgs, Cli, Command, DlqArgs, MetricsAddr};
+pub use args::{
+    parse_from, BridgeAction, BridgeArgs, Cli, Command, DlqArgs, MetricsAddr, ReplayArgs,
+};
 pub use backend::{
     connect_backend, BackendArgs, BackendKind, MqttArgs, PulsarArgs, PulsarCompression, ValkeyArgs,
 };

@@ -130,6 +130,13 @@ impl Subscription for MemorySubscription {
             Ok(())
         })
     }
+
+    fn unsubscribe(&self) -> BoxFuture<'_, Result<(), BrokerError>> {
+        Box::pin(async move {
+            self.detach();
+            self.topic.unsubscribe_index(self.sub).map(drop)
+        })
+    }
 }
 
 impl Drop for MemorySubscription {

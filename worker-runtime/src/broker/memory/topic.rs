@@ -227,6 +227,18 @@ impl TopicShared {
     }
 
     /// Removes a subscription that has no consumer attached. Returns whether it existed.
+    /// [`Self::unsubscribe`] by the subscription's index.
+    pub(super) fn unsubscribe_index(&self, index: usize) -> Result<bool, BrokerError> {
+        let name = {
+            let state = self.state.lock();
+            match state.subs.get(index).and_then(Option::as_ref) {
+                Some(sub) => sub.name().to_owned(),
+                None => return Ok(false),
+            }
+        };
+        self.unsubscribe(&name)
+    }
+
     pub(super) fn unsubscribe(&self, name: &str) -> Result<bool, BrokerError> {
         let mut guard = self.state.lock();
         let state = &mut *guard;

@@ -33,6 +33,8 @@ pub(super) trait ConsumerHandle: Send {
     fn nack(&mut self, topic: String, entry: EntryKey) -> BoxFuture<'_, Result<(), ConsumerError>>;
     /// Closes the consumer on the broker.
     fn close(&mut self) -> BoxFuture<'_, Result<(), pulsar::Error>>;
+    /// Deletes the subscription on the broker (which closes the consumer).
+    fn unsubscribe(&mut self) -> BoxFuture<'_, Result<(), pulsar::Error>>;
 }
 
 /// Makes consumers of one subscription: the first one, and new ones after a loss.
@@ -119,6 +121,10 @@ impl ConsumerHandle for Consumer<Vec<u8>, TokioExecutor> {
 
     fn close(&mut self) -> BoxFuture<'_, Result<(), pulsar::Error>> {
         Box::pin(Consumer::close(self))
+    }
+
+    fn unsubscribe(&mut self) -> BoxFuture<'_, Result<(), pulsar::Error>> {
+        Box::pin(Consumer::unsubscribe(self))
     }
 }
 

@@ -186,17 +186,30 @@ impl Subscription for PulsarSubscription {
     }
 
     fn close(&self) -> BoxFuture<'_, Result<(), BrokerError>> {
-        Box::pin(async move {
-            let (reply, closed) = oneshot::channel();
-            if self.send(Command::Close(reply)).is_err() {
-                return Ok(()); // the task ended already
-            }
-            match tokio::time::timeout(self.close_timeout, closed).await {
-                Ok(Ok(result)) => result,
-                Ok(Err(_)) => Ok(()),
-                Err(_) => Err(timeout("close", self.close_timeout)),
-            }
-        })
+        Box::pin(self.end(Command::Close, "close"))
+    }
+
+    fn unsubscribe(&self) -> BoxFuture<'_, Result<(), BrokerError>> {
+        Box::pin(self.end(Command::Unsubscribe, "unsubscribe"))
+    }
+}
+
+impl PulsarSubscription {
+    /// Asks the task to end with `command` and waits for its answer.
+    async fn end(
+        &self,
+        command: fn(oneshot::Sender<Result<(), BrokerError>>) -> Command,
+        operation: &'static str,
+    ) -> Result<(), BrokerError> {
+        let (reply, ended) = oneshot::channel();
+        if self.send(command(reply)).is_err() {
+            return Ok(()); // the task ended already
+        }
+        match tokio::time::timeout(self.close_timeout, ended).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Ok(()),
+            Err(_) => Err(timeout(operation, self.close_timeout)),
+        }
     }
 }
 
@@ -287,6 +300,11 @@ mod tests {
 
         fn close(&mut self) -> BoxFuture<'_, Result<(), pulsar::Error>> {
             self.broker.log.lock().push("close".into());
+            Box::pin(async { Ok(()) })
+        }
+
+        fn unsubscribe(&mut self) -> BoxFuture<'_, Result<(), pulsar::Error>> {
+            self.broker.log.lock().push("unsubscribe".into());
             Box::pin(async { Ok(()) })
         }
     }

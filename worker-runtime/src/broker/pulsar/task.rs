@@ -32,6 +32,7 @@ pub(super) enum Command {
     Ack(Vec<PulsarMessageId>),
     Nack(Vec<PulsarMessageId>),
     Close(oneshot::Sender<Result<(), BrokerError>>),
+    Unsubscribe(oneshot::Sender<Result<(), BrokerError>>),
 }
 
 type Build = JoinHandle<Result<Box<dyn ConsumerHandle>, pulsar::Error>>;
@@ -99,11 +100,16 @@ impl ConsumerTask {
             };
             match event {
                 Event::Command(None) | Event::Reserved(None) => {
-                    let _ = self.shut_down().await;
+                    let _ = self.shut_down(false).await;
                     return;
                 }
                 Event::Command(Some(Command::Close(reply))) => {
-                    let result = self.shut_down().await;
+                    let result = self.shut_down(false).await;
+                    let _ = reply.send(result);
+                    return;
+                }
+                Event::Command(Some(Command::Unsubscribe(reply))) => {
+                    let result = self.shut_down(true).await;
                     let _ = reply.send(result);
                     return;
                 }
@@ -222,7 +228,8 @@ impl ConsumerTask {
 
     /// Flushes acks, then closes the consumer on the broker (its unacked messages go back to the
     /// subscription).
-    async fn shut_down(&mut self) -> Result<(), BrokerError> {
+    /// Flushes acks and closes the consumer, or deletes its subscription with `unsubscribe`.
+    async fn shut_down(&mut self, unsubscribe: bool) -> Result<(), BrokerError> {
         self.flush().await;
         if let Some(rebuild) = self.rebuild.take() {
             // A consumer still being made is closed when it is dropped.
@@ -231,13 +238,18 @@ impl ConsumerTask {
         let Some(mut consumer) = self.consumer.take() else {
             return Ok(());
         };
-        match tokio::time::timeout(self.operation_timeout, consumer.close()).await {
+        let (operation, done) = if unsubscribe {
+            ("unsubscribe", consumer.unsubscribe())
+        } else {
+            ("close", consumer.close())
+        };
+        match tokio::time::timeout(self.operation_timeout, done).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err(to_broker_error(
-                format!("close the consumer of {}", self.source.topic_name()),
+                format!("{operation} the consumer of {}", self.source.topic_name()),
                 error,
             )),
-            Err(_) => Err(timeout("close", self.operation_timeout)),
+            Err(_) => Err(timeout(operation, self.operation_timeout)),
         }
     }
 }

@@ -184,6 +184,24 @@ impl Subscription for ValkeySubscription {
             self.inner.close().await
         })
     }
+
+    /// Closes, then deletes the consumer group (`XGROUP DESTROY`) with its pending entries. A
+    /// stream cannot tell whether other consumers of the group still run: call it on groups of
+    /// one consumer only.
+    fn unsubscribe(&self) -> BoxFuture<'_, Result<(), BrokerError>> {
+        Box::pin(async move {
+            self.close().await?;
+            let mut cmd = redis::cmd("XGROUP");
+            cmd.arg("DESTROY")
+                .arg(&self.inner.keys.stream)
+                .arg(&self.inner.group);
+            self.inner
+                .shared
+                .query::<i64>("delete the consumer group", &cmd)
+                .await
+                .map(drop)
+        })
+    }
 }
 
 impl Inner {
