@@ -21,8 +21,9 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use worker_core::{Broker, BrokerError, DeadLetterReason, Topic};
+use worker_core::{BoxFuture, Broker, BrokerError, DeadLetterReason, Topic};
 
 use super::source::{Item, Receipt, Source};
 use super::target::Target;
@@ -90,6 +91,9 @@ enum Sent {
 
 type Publish = Pin<Box<dyn Future<Output = (Item, u32, Sent)> + Send>>;
 
+/// Telling the source that items are done: the receipts, and how it went.
+type Telling<'a> = BoxFuture<'a, (Vec<Receipt>, Result<(), BrokerError>)>;
+
 impl Route {
     /// Runs until `stop`, then finishes what is in flight within `grace` and closes the source.
     pub async fn run(self, stop: CancellationToken, grace: Duration) -> RouteReport {
@@ -128,21 +132,35 @@ impl Route {
         let mut keys = KeyOrder::new(ordered);
         // Items read and not done yet: in a publish, or waiting behind their key.
         let mut held = 0usize;
-        let mut done: Vec<Receipt> = Vec::new();
-        // When to tell the source again about items it failed to take back as done.
-        let mut done_retry: Option<tokio::time::Instant> = None;
-        let mut reading: Option<Pin<Box<dyn Future<Output = _> + Send + '_>>> = None;
+        // Every call to the source is a future kept here and polled with the publishes, never
+        // awaited on its own: while one is awaited alone, the publishes sharing its connection
+        // would not be polled, and a multiplexed client waits for them.
+        let mut reading: Option<BoxFuture<'_, Result<Vec<Item>, BrokerError>>> = None;
+        let mut read_resume: Option<Instant> = None;
         let mut read_pause = RETRY_FIRST;
+        // Receipts of items done, not yet told to the source; and the telling in flight.
+        let mut done: Vec<Receipt> = Vec::new();
+        let mut telling: Option<Telling<'_>> = None;
+        let mut tell_resume: Option<Instant> = None;
+        let mut lagging: Option<BoxFuture<'_, Result<Option<u64>, BrokerError>>> = None;
         let mut lag_tick = tokio::time::interval(LAG_EVERY);
         let mut stopping = false;
         let grace_over = tokio::time::sleep(Duration::MAX);
         tokio::pin!(grace_over);
 
         loop {
-            if !stopping && reading.is_none() && held < max_in_flight {
+            if !stopping && reading.is_none() && read_resume.is_none() && held < max_in_flight {
                 reading = Some(source.read(max_in_flight - held));
             }
-            if stopping && reading.is_none() && held == 0 && done.is_empty() {
+            if telling.is_none() && tell_resume.is_none() && !done.is_empty() {
+                let receipts = std::mem::take(&mut done);
+                let source = &*source;
+                telling = Some(Box::pin(async move {
+                    let result = source.done(receipts.clone()).await;
+                    (receipts, result)
+                }));
+            }
+            if stopping && reading.is_none() && held == 0 && done.is_empty() && telling.is_none() {
                 break;
             }
             tokio::select! {
@@ -153,7 +171,7 @@ impl Route {
                     // handed out, and a list read cut short leaves its items in the processing
                     // list, where the next start finds them.
                     reading = None;
-                    grace_over.as_mut().reset(tokio::time::Instant::now() + grace);
+                    grace_over.as_mut().reset(Instant::now() + grace);
                 }
                 _ = &mut grace_over, if stopping => {
                     tracing::warn!(route = %name, unfinished = held, ?grace, "grace period over; leaving the rest to the source");
@@ -195,19 +213,25 @@ impl Route {
                             }
                         }
                     }
-                    if done_retry.is_none() {
-                        done_retry = tell_done(&*source, &mut done, &name).await;
+                }
+                (receipts, told) = poll_some(&mut telling), if telling.is_some() => {
+                    telling = None;
+                    if let Err(error) = told {
+                        if error.is_transient() {
+                            // Kept for another try: a source down for a moment must not keep
+                            // them, and hand them out again, until the next restart.
+                            tracing::warn!(route = %name, %error, count = receipts.len(), "telling the source that items are done failed; trying again");
+                            done.extend(receipts);
+                            tell_resume = Some(Instant::now() + RETRY_FIRST * 5);
+                        } else {
+                            // The source hands them out again and they are forwarded twice,
+                            // which at least once allows.
+                            tracing::warn!(route = %name, %error, count = receipts.len(), "telling the source that items are done failed; they will be forwarded again");
+                        }
                     }
                 }
-                _ = sleep_until_some(done_retry) => {
-                    done_retry = tell_done(&*source, &mut done, &name).await;
-                }
-                read = async {
-                    match reading.as_mut() {
-                        Some(read) => read.await,
-                        None => std::future::pending().await,
-                    }
-                }, if reading.is_some() => {
+                _ = sleep_until_some(tell_resume) => tell_resume = None,
+                read = poll_some(&mut reading), if reading.is_some() => {
                     reading = None;
                     match read {
                         Ok(items) => {
@@ -222,23 +246,22 @@ impl Route {
                         }
                         Err(error) => {
                             tracing::warn!(route = %name, %error, pause = ?read_pause, "reading the source failed; trying again");
-                            tokio::select! {
-                                _ = tokio::time::sleep(read_pause) => {}
-                                _ = stop.cancelled() => {}
-                            }
+                            read_resume = Some(Instant::now() + read_pause);
                             read_pause = (read_pause * 2).min(RETRY_MAX);
                         }
                     }
                 }
-                _ = lag_tick.tick() => {
-                    if let Ok(Some(lag)) = source.lag().await {
+                _ = sleep_until_some(read_resume) => read_resume = None,
+                lag = poll_some(&mut lagging), if lagging.is_some() => {
+                    lagging = None;
+                    if let Ok(Some(lag)) = lag {
                         metrics.source_lag(lag);
                     }
                 }
+                _ = lag_tick.tick(), if lagging.is_none() => lagging = Some(source.lag()),
             }
         }
-        drop(publishing);
-        drop(reading);
+        drop((publishing, reading, telling, lagging));
         if report.unfinished > 0 {
             metrics.buffered(-(report.unfinished as i64));
         }
@@ -250,37 +273,16 @@ impl Route {
     }
 }
 
-/// Tells the source that the `done` items are done. On a transient failure they are kept for
-/// another try at the returned time (a source down for a moment must not keep them, and forward
-/// them again, until the next restart); on another failure they are given up: the source hands
-/// them out again and they are forwarded twice, which at least once allows.
-async fn tell_done(
-    source: &dyn Source,
-    done: &mut Vec<Receipt>,
-    route: &str,
-) -> Option<tokio::time::Instant> {
-    if done.is_empty() {
-        return None;
-    }
-    match source.done(done.clone()).await {
-        Ok(()) => {
-            done.clear();
-            None
-        }
-        Err(error) if error.is_transient() => {
-            tracing::warn!(route, %error, count = done.len(), "telling the source that items are done failed; trying again");
-            Some(tokio::time::Instant::now() + RETRY_FIRST * 5)
-        }
-        Err(error) => {
-            tracing::warn!(route, %error, count = done.len(), "telling the source that items are done failed; they will be forwarded again");
-            done.clear();
-            None
-        }
+/// Polls the future in `slot`, which the caller checked is there.
+async fn poll_some<T>(slot: &mut Option<BoxFuture<'_, T>>) -> T {
+    match slot.as_mut() {
+        Some(future) => future.await,
+        None => std::future::pending().await,
     }
 }
 
 /// Sleeps until `at`, or forever without one.
-async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+async fn sleep_until_some(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
