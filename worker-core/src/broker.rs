@@ -206,6 +206,13 @@ pub trait Subscription: Send + Sync {
     /// Detaches the consumer. Unacked deliveries go back to the subscription.
     fn close(&self) -> BoxFuture<'_, Result<(), BrokerError>>;
 
+    /// How many messages wait for this subscription (published and not acknowledged yet, those
+    /// handed out included), where the backend can tell; `None` where it cannot (MQTT), or until
+    /// it is configured to (Pulsar needs its admin URL).
+    fn backlog(&self) -> BoxFuture<'_, Result<Option<u64>, BrokerError>> {
+        Box::pin(async { Ok(None) })
+    }
+
     /// Detaches the consumer and deletes the subscription with its backlog, so the broker keeps
     /// nothing more for it (for short-lived subscriptions such as a replay's). Fails while other
     /// consumers are attached, where the backend can tell. Backends that cannot delete a

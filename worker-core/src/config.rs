@@ -59,6 +59,55 @@ impl Default for RetryPolicy {
     }
 }
 
+/// A task's circuit breaker: when it opens, how long it stays open, how many messages probe it.
+///
+/// It opens after `consecutive_failures` failed deliveries in a row, or when at least
+/// `failure_rate` of the deliveries that ended in the last `window` failed (once `min_calls` did);
+/// either trigger may be left out, not both. A failure is a retryable handler error, a panic, a
+/// timeout or exhausted retries; permanent errors (bad payloads, refused senders) are not. While
+/// open the task takes no messages; after `cooldown`, `probes` messages run (half-open): if they
+/// succeed it closes, if one fails it opens again.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct CircuitPolicy {
+    /// Failed deliveries in a row that open it.
+    pub consecutive_failures: Option<u32>,
+    /// The share of failed deliveries in the window that opens it, in (0, 1].
+    pub failure_rate: Option<f64>,
+    /// Deliveries the window must hold before the rate counts.
+    pub min_calls: u32,
+    /// How far back the rate looks.
+    #[serde(serialize_with = "as_duration_text")]
+    pub window: Duration,
+    /// How long it stays open before probing.
+    #[serde(serialize_with = "as_duration_text")]
+    pub cooldown: Duration,
+    /// Messages that probe it when half-open; all must succeed to close it.
+    pub probes: u32,
+}
+
+/// The defaults of the circuit breaker's keys that only refine a trigger.
+pub const DEFAULT_CIRCUIT_MIN_CALLS: u32 = 20;
+/// See [`CircuitPolicy::window`].
+pub const DEFAULT_CIRCUIT_WINDOW: Duration = Duration::from_secs(60);
+/// See [`CircuitPolicy::cooldown`].
+pub const DEFAULT_CIRCUIT_COOLDOWN: Duration = Duration::from_secs(30);
+/// See [`CircuitPolicy::probes`].
+pub const DEFAULT_CIRCUIT_PROBES: u32 = 1;
+
+impl CircuitPolicy {
+    /// A breaker with these triggers and the defaults for the rest.
+    pub fn new(consecutive_failures: Option<u32>, failure_rate: Option<f64>) -> Self {
+        CircuitPolicy {
+            consecutive_failures,
+            failure_rate,
+            min_calls: DEFAULT_CIRCUIT_MIN_CALLS,
+            window: DEFAULT_CIRCUIT_WINDOW,
+            cooldown: DEFAULT_CIRCUIT_COOLDOWN,
+            probes: DEFAULT_CIRCUIT_PROBES,
+        }
+    }
+}
+
 /// What one message of a db task costs its sender.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct CreditCost {
@@ -102,6 +151,8 @@ pub struct TaskConfig {
     pub credits: Option<CreditCost>,
     /// The largest payload accepted; larger ones are dead-lettered as `payload_too_large`.
     pub max_payload_bytes: usize,
+    /// The task's circuit breaker, if it has one.
+    pub circuit: Option<CircuitPolicy>,
 }
 
 /// The default rate window when only `rate_limit` is given.
@@ -135,6 +186,7 @@ impl TaskConfig {
             permission_roles: Vec::new(),
             credits: None,
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+            circuit: None,
         }
     }
 
@@ -212,6 +264,38 @@ impl TaskConfig {
             }
             if cost.credit_type.trim().is_empty() {
                 fail("credit_type", "must not be empty".into());
+            }
+        }
+        if let Some(circuit) = &self.circuit {
+            if circuit.consecutive_failures.is_none() && circuit.failure_rate.is_none() {
+                fail(
+                    "circuit_failures",
+                    "or `circuit_failure_rate` must be given for the circuit breaker to open"
+                        .into(),
+                );
+            }
+            if circuit.consecutive_failures == Some(0) {
+                fail("circuit_failures", "must be at least 1".into());
+            }
+            if let Some(rate) = circuit.failure_rate {
+                if !(rate > 0.0 && rate <= 1.0) {
+                    fail(
+                        "circuit_failure_rate",
+                        format!("must be in (0, 1], not {rate}"),
+                    );
+                }
+            }
+            if circuit.min_calls == 0 {
+                fail("circuit_min_calls", "must be at least 1".into());
+            }
+            if circuit.window.is_zero() {
+                fail("circuit_window", "must be longer than zero".into());
+            }
+            if circuit.cooldown.is_zero() {
+                fail("circuit_cooldown", "must be longer than zero".into());
+            }
+            if circuit.probes == 0 {
+                fail("circuit_probes", "must be at least 1".into());
             }
         }
         if self.kind == TaskKind::Io

@@ -24,8 +24,10 @@ pub use broker::{
     SubscribeOptions, Subscription,
 };
 pub use config::{
-    default_concurrency, ConfigError, CreditCost, RateLimit, RetryPolicy, TaskConfig, TaskKind,
-    DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_RATE_WINDOW, DEFAULT_RECEIVER_QUEUE_SIZE, DEFAULT_TIMEOUT,
+    default_concurrency, CircuitPolicy, ConfigError, CreditCost, RateLimit, RetryPolicy,
+    TaskConfig, TaskKind, DEFAULT_CIRCUIT_COOLDOWN, DEFAULT_CIRCUIT_MIN_CALLS,
+    DEFAULT_CIRCUIT_PROBES, DEFAULT_CIRCUIT_WINDOW, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_RATE_WINDOW,
+    DEFAULT_RECEIVER_QUEUE_SIZE, DEFAULT_TIMEOUT,
 };
 pub use duration::{format_duration, parse_duration, DurationError};
 pub use error::{BrokerError, ErrorKind, TaskError};

@@ -382,6 +382,32 @@ fn config_assignments(s: &Settings, p: &TokenStream) -> Vec<TokenStream> {
             });
         });
     }
+    if let Some(circuit) = s.circuit() {
+        let option = |value: Option<TokenStream>| match value {
+            Some(value) => quote!(::core::option::Option::Some(#value)),
+            None => quote!(::core::option::Option::None),
+        };
+        let failures = option(
+            circuit
+                .consecutive_failures
+                .map(|n| Literal::u32_unsuffixed(n).into_token_stream()),
+        );
+        let rate = option(circuit.failure_rate.map(float));
+        let min_calls = Literal::u32_unsuffixed(circuit.min_calls);
+        let window = duration(circuit.window);
+        let cooldown = duration(circuit.cooldown);
+        let probes = Literal::u32_unsuffixed(circuit.probes);
+        out.push(quote! {
+            __config.circuit = ::core::option::Option::Some(#p::CircuitPolicy {
+                consecutive_failures: #failures,
+                failure_rate: #rate,
+                min_calls: #min_calls,
+                window: #window,
+                cooldown: #cooldown,
+                probes: #probes,
+            });
+        });
+    }
     out
 }
 

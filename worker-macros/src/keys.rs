@@ -22,11 +22,17 @@ pub(crate) enum Key {
     PermissionRoles,
     CreditType,
     CreditAmount,
+    CircuitFailures,
+    CircuitFailureRate,
+    CircuitMinCalls,
+    CircuitWindow,
+    CircuitCooldown,
+    CircuitProbes,
 }
 
 impl Key {
     /// Every key, in the order the documentation lists them.
-    pub const ALL: [Key; 19] = [
+    pub const ALL: [Key; 25] = [
         Key::Topic,
         Key::DlqTopic,
         Key::Subscription,
@@ -46,6 +52,12 @@ impl Key {
         Key::PermissionRoles,
         Key::CreditType,
         Key::CreditAmount,
+        Key::CircuitFailures,
+        Key::CircuitFailureRate,
+        Key::CircuitMinCalls,
+        Key::CircuitWindow,
+        Key::CircuitCooldown,
+        Key::CircuitProbes,
     ];
 
     /// The key's name, which is also the name `TaskConfig::validate` reports it under.
@@ -70,6 +82,12 @@ impl Key {
             Key::PermissionRoles => "permission_roles",
             Key::CreditType => "credit_type",
             Key::CreditAmount => "credit_amount",
+            Key::CircuitFailures => "circuit_failures",
+            Key::CircuitFailureRate => "circuit_failure_rate",
+            Key::CircuitMinCalls => "circuit_min_calls",
+            Key::CircuitWindow => "circuit_window",
+            Key::CircuitCooldown => "circuit_cooldown",
+            Key::CircuitProbes => "circuit_probes",
         }
     }
 
@@ -103,6 +121,12 @@ impl Key {
             Key::PermissionRoles => "`permission_roles = [\"db_writer\"]`",
             Key::CreditType => "`credit_type = \"db_credits\"`",
             Key::CreditAmount => "`credit_amount = 2`",
+            Key::CircuitFailures => "`circuit_failures = 5`",
+            Key::CircuitFailureRate => "`circuit_failure_rate = 0.5`",
+            Key::CircuitMinCalls => "`circuit_min_calls = 20`",
+            Key::CircuitWindow => "`circuit_window = 60` or `circuit_window = \"1m\"`",
+            Key::CircuitCooldown => "`circuit_cooldown = 30` or `circuit_cooldown = \"30s\"`",
+            Key::CircuitProbes => "`circuit_probes = 1`",
         }
     }
 

@@ -71,6 +71,9 @@ use worker_core::TaskKind;
 /// | `consumer_type` | `"shared"`, `"key_shared"`, `"failover"` or `"exclusive"` | `"shared"` |
 /// | `initial_position` | `"latest"` or `"earliest"` | `"earliest"` |
 /// | `max_payload_bytes` | larger payloads are dead-lettered | 5 MiB |
+/// | `circuit_failures`, `circuit_failure_rate` | the circuit breaker opens after this many failed deliveries in a row, or when this share of the deliveries of `circuit_window` failed (once `circuit_min_calls` did) | no breaker |
+/// | `circuit_min_calls`, `circuit_window` | refine `circuit_failure_rate` | 20, 60 s |
+/// | `circuit_cooldown`, `circuit_probes` | how long it stays open; how many messages probe it (half-open) | 30 s, 1 |
 ///
 /// Every mistake is a compile error at the offending token, and all of them are reported at once:
 /// unknown or repeated keys, values of the wrong kind or out of range, a malformed topic, a

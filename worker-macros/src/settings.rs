@@ -8,8 +8,8 @@ use proc_macro2::Span;
 use syn::ext::IdentExt;
 use syn::{Expr, Ident};
 use worker_core::{
-    format_duration, parse_duration, ConsumerType, CreditCost, InitialPosition, RateLimit,
-    RetryPolicy, TaskConfig, TaskKind, Topic, DEFAULT_RATE_WINDOW,
+    format_duration, parse_duration, CircuitPolicy, ConsumerType, CreditCost, InitialPosition,
+    RateLimit, RetryPolicy, TaskConfig, TaskKind, Topic, DEFAULT_RATE_WINDOW,
 };
 
 use crate::attr::{self, Arg, Number};
@@ -39,6 +39,27 @@ pub(crate) struct Settings {
     pub permission_roles: Option<Vec<String>>,
     pub credit_type: Option<String>,
     pub credit_amount: Option<u64>,
+    pub circuit_failures: Option<u32>,
+    pub circuit_failure_rate: Option<f64>,
+    pub circuit_min_calls: Option<u32>,
+    pub circuit_window: Option<Duration>,
+    pub circuit_cooldown: Option<Duration>,
+    pub circuit_probes: Option<u32>,
+}
+
+impl Settings {
+    /// The circuit breaker the keys describe, if a trigger was given.
+    pub fn circuit(&self) -> Option<CircuitPolicy> {
+        if self.circuit_failures.is_none() && self.circuit_failure_rate.is_none() {
+            return None;
+        }
+        let mut circuit = CircuitPolicy::new(self.circuit_failures, self.circuit_failure_rate);
+        circuit.min_calls = self.circuit_min_calls.unwrap_or(circuit.min_calls);
+        circuit.window = self.circuit_window.unwrap_or(circuit.window);
+        circuit.cooldown = self.circuit_cooldown.unwrap_or(circuit.cooldown);
+        circuit.probes = self.circuit_probes.unwrap_or(circuit.probes);
+        Some(circuit)
+    }
 }
 
 /// Where a key was written.
@@ -144,6 +165,12 @@ impl Reader<'_> {
             Key::PermissionRoles => s.permission_roles = Some(v.roles()?),
             Key::CreditType => s.credit_type = Some(v.string()?),
             Key::CreditAmount => s.credit_amount = Some(v.count()?),
+            Key::CircuitFailures => s.circuit_failures = Some(v.count()?),
+            Key::CircuitFailureRate => s.circuit_failure_rate = Some(v.float()?),
+            Key::CircuitMinCalls => s.circuit_min_calls = Some(v.count()?),
+            Key::CircuitWindow => s.circuit_window = Some(v.duration()?),
+            Key::CircuitCooldown => s.circuit_cooldown = Some(v.duration()?),
+            Key::CircuitProbes => s.circuit_probes = Some(v.count()?),
         }
         Ok(())
     }
@@ -183,6 +210,39 @@ impl Reader<'_> {
                     format!("`{}` {message}", written.ident)
                 });
                 self.errors.push(error);
+            }
+        }
+        let triggered = self.written(Key::CircuitFailures).is_some()
+            || self.written(Key::CircuitFailureRate).is_some();
+        let refinements = [
+            Key::CircuitMinCalls,
+            Key::CircuitWindow,
+            Key::CircuitCooldown,
+            Key::CircuitProbes,
+        ];
+        for key in refinements {
+            if let (Some(written), false) = (self.written(key), triggered) {
+                let message = format!(
+                    "`{}` has no effect without `circuit_failures` or `circuit_failure_rate`, what opens the circuit",
+                    written.ident
+                );
+                self.errors
+                    .push(syn::Error::new(written.ident.span(), message));
+            }
+        }
+        for key in [Key::CircuitMinCalls, Key::CircuitWindow] {
+            if let (Some(written), None) =
+                (self.written(key), self.written(Key::CircuitFailureRate))
+            {
+                if !triggered {
+                    continue;
+                }
+                let message = format!(
+                    "`{}` refines `circuit_failure_rate`, which is not given",
+                    written.ident
+                );
+                self.errors
+                    .push(syn::Error::new(written.ident.span(), message));
             }
         }
     }
@@ -270,6 +330,7 @@ impl Reader<'_> {
                 amount,
             });
         }
+        config.circuit = s.circuit();
         config
     }
 }

@@ -40,8 +40,8 @@ pub mod __private {
     pub use inventory;
     pub use serde;
     pub use worker_core::{
-        Broker, ConsumerType, CreditCost, InitialPosition, MessageId, RateLimit, TaskConfig,
-        TaskError, TaskKind, Topic,
+        Broker, CircuitPolicy, ConsumerType, CreditCost, InitialPosition, MessageId, RateLimit,
+        TaskConfig, TaskError, TaskKind, Topic,
     };
 
     /// Parses a topic literal the attribute already validated at compile time.

@@ -6,11 +6,13 @@
 
 mod mosquitto;
 mod process;
+mod prometheus;
 mod pulsar;
 mod redis;
 
 pub use mosquitto::Mosquitto;
 pub use process::{free_port, wait_for_port, BrokerProcess};
+pub use prometheus::{url_encode, Prometheus, ScrapeJob};
 pub use pulsar::PulsarStandalone;
 pub use redis::RedisServer;
 

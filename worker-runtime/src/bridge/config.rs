@@ -44,6 +44,7 @@ const BROKER_KEYS: &[&str] = &[
     "backend",
     "url",
     "url_env",
+    "admin_url",
     "token_env",
     "tls_ca_file",
     "username",
@@ -96,6 +97,8 @@ pub enum BrokerSpec {
         token: Option<crate::auth::Secret>,
         /// A CA to trust for `pulsar+ssl://`.
         tls_ca_file: Option<PathBuf>,
+        /// The admin REST API, for the sources' backlog.
+        admin_url: Option<String>,
     },
     /// An MQTT 5 broker.
     Mqtt {
@@ -571,6 +574,7 @@ fn read_broker(
                 url,
                 token,
                 tls_ca_file,
+                admin_url: text("admin_url", problems),
             })
         }
         "mqtt" => {

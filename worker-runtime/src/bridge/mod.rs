@@ -379,6 +379,7 @@ async fn connect(name: &str, spec: &BrokerSpec) -> Result<Connected, BridgeError
             url,
             token,
             tls_ca_file,
+            admin_url,
         } => {
             use crate::broker::pulsar::{PulsarBroker, PulsarOptions, Token};
             let mut options = PulsarOptions::new(url.clone());
@@ -386,6 +387,7 @@ async fn connect(name: &str, spec: &BrokerSpec) -> Result<Connected, BridgeError
                 .as_ref()
                 .map(|t| Token::new(String::from_utf8_lossy(t.expose())));
             options.tls_ca_file = tls_ca_file.clone();
+            options.admin_url = admin_url.clone();
             let broker = PulsarBroker::connect(options)
                 .await
                 .map_err(failed("pulsar"))?;

@@ -130,6 +130,10 @@ impl Source for TopicSource {
         self.subscription.close()
     }
 
+    fn lag(&self) -> BoxFuture<'_, Result<Option<u64>, BrokerError>> {
+        self.subscription.backlog()
+    }
+
     fn ordered(&self) -> bool {
         self.ordered
     }

@@ -89,6 +89,16 @@ pub struct Cli {
     )]
     pub shutdown_grace: Duration,
 
+    /// How often each task's backlog is read from the broker (`worker_backlog_messages`).
+    #[arg(
+        long,
+        env = "WORKER_BACKLOG_INTERVAL",
+        default_value = "15s",
+        value_name = "DURATION",
+        value_parser = duration_value
+    )]
+    pub backlog_interval: Duration,
+
     /// Which broker to use, and how to reach it (last, so that its help headings follow the
     /// worker's own flags).
     #[command(flatten)]

@@ -60,11 +60,26 @@ fn describe(out: &mut String, c: &TaskConfig) {
         line("credit_amount", integer(cost.amount));
     }
     line("max_payload_bytes", integer(c.max_payload_bytes));
+    if let Some(circuit) = &c.circuit {
+        if let Some(failures) = circuit.consecutive_failures {
+            line("circuit_failures", integer(failures));
+        }
+        if let Some(rate) = circuit.failure_rate {
+            line("circuit_failure_rate", Value::Float(rate));
+            line("circuit_min_calls", integer(circuit.min_calls));
+            line("circuit_window", text(format_duration(circuit.window)));
+        }
+        line("circuit_cooldown", text(format_duration(circuit.cooldown)));
+        line("circuit_probes", integer(circuit.probes));
+    }
     if c.rate_limit.is_none() {
         out.push_str("# rate_limit: none (no limit)\n");
     }
     if c.credits.is_none() {
         out.push_str("# credit_type: none (no credits charged)\n");
+    }
+    if c.circuit.is_none() {
+        out.push_str("# circuit_failures: none (no circuit breaker)\n");
     }
 }
 

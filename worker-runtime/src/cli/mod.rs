@@ -177,6 +177,7 @@ pub async fn run_with(cli: Cli, mut extras: RunExtras) -> anyhow::Result<()> {
                 credit_ledger: extras.credit_ledger.take(),
                 metrics,
                 shutdown_grace: cli.shutdown_grace,
+                backlog_interval: cli.backlog_interval,
             },
             shutdown,
         )
@@ -264,6 +265,7 @@ struct WorkerInputs {
     credit_ledger: Option<Arc<dyn CreditLedger>>,
     metrics: Metrics,
     shutdown_grace: Duration,
+    backlog_interval: Duration,
 }
 
 /// Builds the worker and runs it until `shutdown` is cancelled and its work in flight finished.
@@ -273,7 +275,8 @@ async fn start_worker(inputs: WorkerInputs, shutdown: CancellationToken) -> anyh
         .tasks(inputs.tasks)
         .consumer_name(inputs.consumer_name)
         .metrics(inputs.metrics)
-        .shutdown_grace(inputs.shutdown_grace);
+        .shutdown_grace(inputs.shutdown_grace)
+        .backlog_interval(inputs.backlog_interval);
     if let Some(verifier) = inputs.verifier {
         builder = builder.verifier(verifier);
     }

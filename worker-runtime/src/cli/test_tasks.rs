@@ -1,6 +1,6 @@
 //! Two tasks for the command-line tests, declared by hand as the attributes would.
 
-use worker_core::{CreditCost, RateLimit, TaskConfig, TaskError, TaskKind, Topic};
+use worker_core::{CircuitPolicy, CreditCost, RateLimit, TaskConfig, TaskError, TaskKind, Topic};
 
 use crate::{Task, TaskContext, TaskDefinition};
 
@@ -43,6 +43,7 @@ impl Task for WriteRecords {
             credit_type: "db_credits".into(),
             amount: 2,
         });
+        config.circuit = Some(CircuitPolicy::new(Some(5), Some(0.5)));
         config
     }
 

@@ -130,6 +130,79 @@ pub(super) fn encode(
     }
 
     w.family(
+        "worker_circuit_state",
+        Kind::Gauge,
+        "The task's circuit breaker: 0 closed, 1 half-open, 2 open.",
+    );
+    for t in tasks {
+        w.sample(
+            "worker_circuit_state",
+            &[("task", &*t.task)],
+            t.circuit_state.load(Relaxed),
+        );
+    }
+
+    w.family(
+        "worker_circuit_transitions_total",
+        Kind::Counter,
+        "Transitions of the task's circuit breaker, by the state it moved to.",
+    );
+    for t in tasks {
+        for (to, count) in ["closed", "half_open", "open"]
+            .iter()
+            .zip(&t.circuit_transitions)
+        {
+            let labels = [("task", &*t.task), ("to", *to)];
+            w.sample(
+                "worker_circuit_transitions_total",
+                &labels,
+                count.load(Relaxed),
+            );
+        }
+    }
+
+    w.family(
+        "worker_backlog_messages",
+        Kind::Gauge,
+        "Messages waiting for the task's subscription, sampled from the broker where it can tell.",
+    );
+    for t in tasks {
+        let backlog = t.backlog.load(Relaxed);
+        if backlog >= 0 {
+            let subscription = t.subscription.read();
+            let labels = [("task", &*t.task), ("subscription", subscription.as_str())];
+            w.sample("worker_backlog_messages", &labels, backlog);
+        }
+    }
+
+    w.family(
+        "worker_task_concurrency",
+        Kind::Gauge,
+        "The task's configured concurrency per worker.",
+    );
+    for t in tasks {
+        w.sample(
+            "worker_task_concurrency",
+            &[("task", &*t.task)],
+            t.concurrency.load(Relaxed),
+        );
+    }
+
+    w.family(
+        "worker_task_timeout_seconds",
+        Kind::Gauge,
+        "The task's per-attempt timeout.",
+    );
+    for t in tasks {
+        let seconds = t.timeout.load(Relaxed) as f64 / 1e9;
+        w.sample(
+            "worker_task_timeout_seconds",
+            &[("task", &*t.task)],
+            Float(seconds),
+        );
+    }
+
+    w.family(
         "worker_handler_duration_seconds",
         Kind::Histogram,
         "Time of one handler attempt.",

@@ -18,6 +18,11 @@
 //! | `worker_timeouts_total` | counter | `task`, `consumer` | attempts cancelled by the per-attempt timeout |
 //! | `worker_panics_total` | counter | `task`, `consumer` | attempts whose handler panicked |
 //! | `worker_acks_dropped_total` | counter | `task`, `consumer` | acknowledgements given up on after the broker failed them for [`ACK_RETRY_LIMIT`](crate::worker::ACK_RETRY_LIMIT) (a transient error) or at once (any other): those messages are delivered and handled again |
+//! | `worker_circuit_state` | gauge | `task` | the circuit breaker: 0 closed, 1 half-open, 2 open |
+//! | `worker_circuit_transitions_total` | counter | `task`, `to` | transitions to `closed`, `half_open`, `open` (pre-registered at zero) |
+//! | `worker_backlog_messages` | gauge | `task`, `subscription` | messages waiting for the task's subscription, sampled from the broker every backlog interval (Valkey: the group's lag plus pending; Pulsar: the topic stats' `msgBacklog`, with the admin URL; the embedded broker: its own count; MQTT cannot tell, so none) |
+//! | `worker_task_concurrency` | gauge | `task` | the task's configured concurrency per worker |
+//! | `worker_task_timeout_seconds` | gauge | `task` | the task's per-attempt timeout |
 //! | `worker_handler_duration_seconds` | histogram | `task` | time of one handler attempt, 100 µs to 5 min buckets |
 //! | `worker_attempts` | histogram | `task` | the attempt number each handler run was (buckets 1, 2, 3, 5, 10, +Inf) |
 //! | `worker_in_flight` | gauge | `task` | handler attempts running now |

@@ -73,6 +73,18 @@ pub(super) struct TaskCells {
     pub(super) timeouts: AtomicU64,
     pub(super) panics: AtomicU64,
     pub(super) acks_dropped: AtomicU64,
+    /// The circuit breaker's state: 0 closed, 1 half-open, 2 open.
+    pub(super) circuit_state: AtomicI64,
+    /// Transitions to closed, half-open and open.
+    pub(super) circuit_transitions: [AtomicU64; 3],
+    /// The task's configured concurrency per worker.
+    pub(super) concurrency: AtomicU64,
+    /// The task's per-attempt timeout, in nanoseconds.
+    pub(super) timeout: AtomicU64,
+    /// The task's subscription, escaped; empty until the task runs.
+    pub(super) subscription: RwLock<String>,
+    /// What waits for the subscription, as last sampled; -1 while unknown.
+    pub(super) backlog: AtomicI64,
     pub(super) handler_duration: Histogram,
     pub(super) attempts: Histogram,
     pub(super) in_flight: AtomicI64,
@@ -93,6 +105,12 @@ impl TaskCells {
             timeouts: AtomicU64::new(0),
             panics: AtomicU64::new(0),
             acks_dropped: AtomicU64::new(0),
+            circuit_state: AtomicI64::new(0),
+            circuit_transitions: Default::default(),
+            concurrency: AtomicU64::new(0),
+            timeout: AtomicU64::new(0),
+            subscription: RwLock::new(String::new()),
+            backlog: AtomicI64::new(-1),
             handler_duration: Histogram::new(&HANDLER_DURATION),
             attempts: Histogram::new(&ATTEMPTS),
             in_flight: AtomicI64::new(0),
@@ -228,6 +246,22 @@ impl TaskMetrics {
         self.cells.panics.fetch_add(1, Relaxed);
     }
 
+    /// Records the task's configured concurrency, per-attempt timeout and subscription, which
+    /// the alert on latency near the timeout, the in-flight panel and the backlog series use.
+    pub fn configured(&self, concurrency: usize, timeout: Duration, subscription: &str) {
+        self.cells
+            .concurrency
+            .store(u64::try_from(concurrency).unwrap_or(u64::MAX), Relaxed);
+        self.cells.timeout.store(nanos(timeout), Relaxed);
+        *self.cells.subscription.write() = escape_label_value(subscription);
+    }
+
+    /// Records what waits for the task's subscription, as the broker told (`None`: it cannot).
+    pub fn backlog(&self, backlog: Option<u64>) {
+        let value = backlog.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
+        self.cells.backlog.store(value, Relaxed);
+    }
+
     /// Counts `n` acknowledgements given up on after the broker kept failing them: those
     /// deliveries will be delivered and handled again.
     pub fn acks_dropped(&self, n: u64) {
@@ -292,5 +326,12 @@ impl fmt::Debug for InFlightGuard<'_> {
         f.debug_struct("InFlightGuard")
             .field("task", &self.cells.task)
             .finish()
+    }
+}
+
+impl crate::middleware::circuit_breaker::CircuitObserver for TaskMetrics {
+    fn transition(&self, to: crate::middleware::circuit_breaker::CircuitState) {
+        self.cells.circuit_state.store(to as i64, Relaxed);
+        self.cells.circuit_transitions[to as usize].fetch_add(1, Relaxed);
     }
 }

@@ -16,6 +16,7 @@
 
 pub mod auth;
 pub mod backoff;
+pub mod circuit_breaker;
 pub mod dead_letter;
 pub mod panic;
 pub mod rate_limit;

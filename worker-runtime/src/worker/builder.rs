@@ -19,6 +19,9 @@ use super::env::WorkerShared;
 use super::report::WorkerReport;
 use super::run::TaskRun;
 
+/// How often each task's backlog is sampled by default.
+pub const DEFAULT_BACKLOG_INTERVAL: Duration = Duration::from_secs(15);
+
 /// The default time in-flight handlers get to finish after a shutdown signal.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -102,6 +105,7 @@ pub struct WorkerBuilder {
     ledger: Option<Arc<dyn CreditLedger>>,
     metrics: Option<Metrics>,
     shutdown_grace: Option<Duration>,
+    backlog_interval: Option<Duration>,
 }
 
 impl WorkerBuilder {
@@ -148,6 +152,13 @@ impl WorkerBuilder {
     /// Where to record metrics; default a fresh registry.
     pub fn metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = Some(metrics);
+        self
+    }
+
+    /// How often each task's backlog is read from the broker into `worker_backlog_messages`
+    /// (default [`DEFAULT_BACKLOG_INTERVAL`]).
+    pub fn backlog_interval(mut self, every: Duration) -> Self {
+        self.backlog_interval = Some(every.max(Duration::from_millis(100)));
         self
     }
 
@@ -213,6 +224,7 @@ impl WorkerBuilder {
                 ledger: self.ledger,
                 metrics,
                 grace: self.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+                backlog_interval: self.backlog_interval.unwrap_or(DEFAULT_BACKLOG_INTERVAL),
                 unsubscribed: AtomicUsize::new(self.tasks.len()),
             },
             tasks: self.tasks,

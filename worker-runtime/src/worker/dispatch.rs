@@ -70,9 +70,18 @@ impl Dispatch {
             unsettled: &self.unsettled,
         };
         let env = &self.env;
+        // While the circuit is open nothing starts; what was received waits here, spending no
+        // attempt. Shutting down meanwhile gives it back (the guard).
+        let pass = tokio::select! {
+            biased;
+            pass = env.breaker.pass() => pass,
+            _ = env.stopping.cancelled() => return,
+        };
         let _in_flight = env.metrics.in_flight();
         let run = async {
             let processed = process::<T>(env, &delivery).await;
+            env.breaker
+                .record(pass, processed.verdict.circuit_outcome());
             settle(env, delivery, processed, permit).await;
         };
         // `run` first: a handler that finishes on its first poll never registers with the token.
@@ -95,6 +104,12 @@ impl Dispatch {
     async fn receive(&self, max: usize, mut pause: Duration) -> Option<(Vec<Delivery>, Duration)> {
         let env = &self.env;
         loop {
+            // While the circuit is open nothing is fetched: messages wait in the broker.
+            tokio::select! {
+                biased;
+                _ = env.stopping.cancelled() => return None,
+                _ = env.breaker.wait_unless_open() => {}
+            }
             let received = tokio::select! {
                 biased;
                 _ = env.stopping.cancelled() => return None,

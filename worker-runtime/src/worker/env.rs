@@ -11,6 +11,7 @@ use crate::auth::TokenVerifier;
 use crate::context::WorkerSide;
 use crate::credits::CreditLedger;
 use crate::metrics::{Metrics, TaskMetrics};
+use crate::middleware::circuit_breaker::CircuitBreaker;
 use crate::middleware::rate_limit::RateLimiter;
 
 use super::acks::AckSender;
@@ -25,6 +26,8 @@ pub(crate) struct WorkerShared {
     pub ledger: Option<Arc<dyn CreditLedger>>,
     pub metrics: Metrics,
     pub grace: Duration,
+    /// How often each task's backlog is sampled from the broker.
+    pub backlog_interval: Duration,
     /// Tasks not subscribed yet; the worker is ready when it reaches zero.
     pub unsubscribed: AtomicUsize,
 }
@@ -67,6 +70,8 @@ pub(crate) struct TaskEnv {
     pub retry_mode: RetryMode,
     /// Cancelled when shutdown starts: stop fetching, stop waiting on retries and rate limits.
     pub stopping: CancellationToken,
+    /// Gates fetching and starting deliveries while the task keeps failing.
+    pub breaker: CircuitBreaker,
 }
 
 impl TaskEnv {

@@ -36,6 +36,6 @@ pub(crate) use run::{run_task, TaskRun};
 
 pub use acks::ACK_RETRY_LIMIT;
 
-pub use builder::DEFAULT_SHUTDOWN_GRACE;
+pub use builder::{DEFAULT_BACKLOG_INTERVAL, DEFAULT_SHUTDOWN_GRACE};
 pub use consumer_name::default_consumer_name;
 pub use tokio_util::sync::CancellationToken;

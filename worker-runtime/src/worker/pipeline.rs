@@ -13,6 +13,7 @@ use crate::auth::Principal;
 use crate::context::TaskContext;
 use crate::credits::{ChargeKey, ChargeOutcome};
 use crate::middleware::auth::authorize;
+use crate::middleware::circuit_breaker::Outcome;
 use crate::middleware::panic::catch_panic;
 use crate::middleware::retry::{decide, RetryDecision};
 use crate::middleware::timeout::with_timeout;
@@ -40,6 +41,22 @@ pub(crate) enum Verdict {
     /// Something outside the handler failed (the credit ledger): give the delivery back after
     /// waiting, without counting an attempt.
     GiveBack { after: Duration, error: String },
+}
+
+impl Verdict {
+    /// What the circuit breaker counts of it: retryable failures, timeouts, panics and exhausted
+    /// retries fail; permanent errors and deliveries given back without an attempt do not count.
+    pub fn circuit_outcome(&self) -> Outcome {
+        match self {
+            Verdict::Succeeded => Outcome::Success,
+            Verdict::Retry { .. }
+            | Verdict::DeadLetter {
+                reason: DeadLetterReason::RetriesExhausted,
+                ..
+            } => Outcome::Failure,
+            Verdict::DeadLetter { .. } | Verdict::GiveBack { .. } => Outcome::Neutral,
+        }
+    }
 }
 
 /// A delivery's verdict with the facts `settle` needs.

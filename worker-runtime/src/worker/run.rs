@@ -12,6 +12,7 @@ use worker_core::{SubscribeOptions, Subscription, TaskConfig};
 
 use crate::context::WorkerSide;
 use crate::dead_letters;
+use crate::middleware::circuit_breaker::CircuitBreaker;
 use crate::middleware::rate_limit::RateLimiter;
 use crate::task::Task;
 
@@ -62,6 +63,13 @@ pub(crate) async fn run_task<T: Task>(run: TaskRun) -> Result<TaskReport, Worker
     }
     shared.subscribed();
     let metrics = shared.metrics.task(T::NAME, &config.topic.to_string());
+    metrics.configured(config.concurrency, config.timeout, &config.subscription);
+    let sampler = tokio::spawn(sample_backlog(
+        subscription.clone(),
+        metrics.clone(),
+        shared.backlog_interval,
+    ));
+    let breaker = CircuitBreaker::new(T::NAME, config.circuit, Box::new(metrics.clone()));
     let (acks, flusher) = start_ack_flusher(subscription.clone(), T::NAME, metrics.clone());
     let topic: Arc<str> = Arc::from(config.topic.to_string());
     let context = Arc::new(WorkerSide {
@@ -81,6 +89,7 @@ pub(crate) async fn run_task<T: Task>(run: TaskRun) -> Result<TaskReport, Worker
         subscription: subscription.clone(),
         acks,
         stopping: stop,
+        breaker,
         shared,
         config,
     });
@@ -146,11 +155,29 @@ pub(crate) async fn run_task<T: Task>(run: TaskRun) -> Result<TaskReport, Worker
             tracing::warn!(task = T::NAME, %error, "nack at shutdown failed; the broker redelivers them when the consumer closes");
         }
     }
+    sampler.abort();
     if let Err(error) = subscription.close().await {
         tracing::warn!(task = T::NAME, %error, "closing the subscription failed");
     }
     tracing::info!(task = T::NAME, ?report, "stopped");
     Ok(report)
+}
+
+/// Samples the subscription's backlog into `metrics` every `every`, for as long as the task runs.
+async fn sample_backlog(
+    subscription: Arc<dyn Subscription>,
+    metrics: crate::metrics::TaskMetrics,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match subscription.backlog().await {
+            Ok(backlog) => metrics.backlog(backlog),
+            Err(error) => tracing::debug!(%error, "sampling the backlog failed"),
+        }
+    }
 }
 
 /// Subscribes, retrying transient failures until `stop`. `None` if stopped first.

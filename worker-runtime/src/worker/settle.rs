@@ -145,8 +145,12 @@ async fn publish_confirmed(env: &TaskEnv, topic: &Topic, message: Message, what:
     let mut wait = PUBLISH_RETRY_FIRST;
     loop {
         match env.shared.broker.publish(topic, message.clone()).await {
-            Ok(_) => return,
+            Ok(_) => {
+                env.breaker.record_publish(true);
+                return;
+            }
             Err(error) => {
+                env.breaker.record_publish(false);
                 tracing::warn!(task = env.task, topic = %topic, %error, ?wait, "publishing the {what} failed; trying again");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(PUBLISH_RETRY_MAX);

@@ -131,6 +131,10 @@ impl Subscription for MemorySubscription {
         })
     }
 
+    fn backlog(&self) -> BoxFuture<'_, Result<Option<u64>, BrokerError>> {
+        Box::pin(async move { Ok(self.topic.backlog_of_index(self.sub).map(|n| n as u64)) })
+    }
+
     fn unsubscribe(&self) -> BoxFuture<'_, Result<(), BrokerError>> {
         Box::pin(async move {
             self.detach();

@@ -290,6 +290,13 @@ impl TopicShared {
         }
     }
 
+    /// [`Self::backlog`] by the subscription's index.
+    pub(super) fn backlog_of_index(&self, index: usize) -> Option<usize> {
+        let state = self.state.lock();
+        let sub = state.subs.get(index)?.as_ref()?;
+        Some(sub.backlog(state.log.end()) + state.delayed.len())
+    }
+
     pub(super) fn backlog(&self, subscription: &str) -> Option<usize> {
         let state = self.state.lock();
         let sub = state

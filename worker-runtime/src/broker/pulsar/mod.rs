@@ -23,6 +23,7 @@
 //! at `debug` or above ([`LOG_FILTER_HIDING_TOKENS`]) when a token is used.
 
 mod acks;
+mod admin;
 mod consumer;
 mod error;
 pub mod naming;

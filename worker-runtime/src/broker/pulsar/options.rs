@@ -14,6 +14,8 @@ pub const ENV_API_KEY: &str = "PULSAR_API_KEY";
 pub const ENV_LISTENER: &str = "PULSAR_LISTENER";
 /// The environment variable of the PEM file of certificate authorities trusted for TLS.
 pub const ENV_TLS_CA_FILE: &str = "PULSAR_TLS_CA_FILE";
+/// The environment variable of the admin REST API's URL.
+pub const ENV_ADMIN_URL: &str = "PULSAR_ADMIN_URL";
 /// The service URL used when none is given.
 pub const DEFAULT_URL: &str = "pulsar://localhost:6650";
 
@@ -110,6 +112,9 @@ pub struct PulsarOptions {
     /// A PEM file of certificate authorities to trust besides the public roots (TLS only), env
     /// [`ENV_TLS_CA_FILE`].
     pub tls_ca_file: Option<PathBuf>,
+    /// The broker's admin REST API (`http://host:8080`), env [`ENV_ADMIN_URL`]: subscriptions
+    /// report their backlog from it (`worker_backlog_messages`). Without it they report none.
+    pub admin_url: Option<String>,
     /// The limit for one request to the broker (lookup, subscribe, one send's receipt).
     pub operation_timeout: Duration,
     /// The limit for opening one TCP (and TLS) connection.
@@ -143,6 +148,7 @@ impl Default for PulsarOptions {
             token: None,
             listener: None,
             tls_ca_file: None,
+            admin_url: None,
             operation_timeout: Duration::from_secs(30),
             connection_timeout: Duration::from_secs(10),
             publish_timeout: Duration::from_secs(60),
@@ -162,6 +168,9 @@ pub enum PulsarOptionsError {
     /// The URL is not `pulsar://…` or `pulsar+ssl://…` with a host.
     #[error("pulsar url `{0}` must look like `pulsar://host:6650` or `pulsar+ssl://host:6651`")]
     InvalidUrl(String),
+    /// The admin URL is not one the backend can use.
+    #[error("{0}")]
+    InvalidAdminUrl(String),
     /// A CA file was given for a plain-text URL.
     #[error("a TLS CA file was given but the url `{0}` is not `pulsar+ssl://`")]
     CaFileWithoutTls(String),
@@ -179,8 +188,9 @@ impl PulsarOptions {
         }
     }
 
-    /// Defaults, with the URL, token, listener and CA file taken from [`ENV_HOST`],
-    /// [`ENV_API_KEY`], [`ENV_LISTENER`] and [`ENV_TLS_CA_FILE`] where they are set and not empty.
+    /// Defaults, with the URL, token, listener, CA file and admin URL taken from [`ENV_HOST`],
+    /// [`ENV_API_KEY`], [`ENV_LISTENER`], [`ENV_TLS_CA_FILE`] and [`ENV_ADMIN_URL`] where they
+    /// are set and not empty.
     pub fn from_env() -> Self {
         let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
         PulsarOptions {
@@ -188,6 +198,7 @@ impl PulsarOptions {
             token: var(ENV_API_KEY).map(Token::new),
             listener: var(ENV_LISTENER),
             tls_ca_file: var(ENV_TLS_CA_FILE).map(PathBuf::from),
+            admin_url: var(ENV_ADMIN_URL),
             ..PulsarOptions::default()
         }
     }
@@ -247,6 +258,10 @@ impl PulsarOptions {
         }
         if self.tls_ca_file.is_some() && !self.uses_tls() {
             return Err(PulsarOptionsError::CaFileWithoutTls(self.url.clone()));
+        }
+        if let Some(url) = &self.admin_url {
+            super::admin::Admin::new(url, None, self.operation_timeout)
+                .map_err(PulsarOptionsError::InvalidAdminUrl)?;
         }
         for (name, value) in [
             ("operation_timeout", self.operation_timeout),

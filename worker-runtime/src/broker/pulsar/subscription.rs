@@ -11,6 +11,7 @@ use worker_core::{
 };
 
 use super::acks::{AckMode, AckTracker};
+use super::admin::Admin;
 use super::consumer::{ConsumerHandle, ConsumerSource, PulsarSource};
 use super::error::{timeout, to_broker_error, BACKEND};
 use super::naming::{pulsar_topic, PulsarMessageId};
@@ -31,6 +32,8 @@ pub struct PulsarSubscription {
     commands: mpsc::UnboundedSender<Command>,
     inbox: tokio::sync::Mutex<Inbox>,
     close_timeout: Duration,
+    /// The admin API, the Pulsar topic and the subscription, to read the backlog from.
+    backlog_from: Option<(Admin, String, String)>,
 }
 
 struct Inbox {
@@ -77,6 +80,21 @@ impl PulsarSubscription {
             pulsar_topic(&subscribe.topic),
             subscribe.subscription
         );
+        let backlog_from = match &options.admin_url {
+            Some(url) => {
+                let admin = Admin::new(url, options.token.clone(), options.operation_timeout)
+                    .map_err(|reason| BrokerError::Rejected {
+                        backend: BACKEND,
+                        reason,
+                    })?;
+                Some((
+                    admin,
+                    pulsar_topic(&subscribe.topic),
+                    subscribe.subscription.clone(),
+                ))
+            }
+            None => None,
+        };
         let source: Arc<dyn ConsumerSource> = Arc::new(PulsarSource {
             client,
             topic_name: pulsar_topic(&subscribe.topic),
@@ -96,7 +114,9 @@ impl PulsarSubscription {
                 return Err(timeout("subscribe", limit));
             }
         };
-        Ok(Self::start(source, consumer, settings))
+        let mut subscription = Self::start(source, consumer, settings);
+        subscription.backlog_from = backlog_from;
+        Ok(subscription)
     }
 
     /// Starts the task around a first consumer.
@@ -129,6 +149,7 @@ impl PulsarSubscription {
                 held_error: None,
             }),
             close_timeout: settings.operation_timeout.saturating_mul(2),
+            backlog_from: None,
         }
     }
 
@@ -191,6 +212,17 @@ impl Subscription for PulsarSubscription {
 
     fn unsubscribe(&self) -> BoxFuture<'_, Result<(), BrokerError>> {
         Box::pin(self.end(Command::Unsubscribe, "unsubscribe"))
+    }
+
+    /// The subscription's `msgBacklog` from the topic's stats, when the options name the admin
+    /// API ([`PulsarOptions::admin_url`]).
+    fn backlog(&self) -> BoxFuture<'_, Result<Option<u64>, BrokerError>> {
+        Box::pin(async move {
+            match &self.backlog_from {
+                Some((admin, topic, subscription)) => admin.backlog(topic, subscription).await,
+                None => Ok(None),
+            }
+        })
     }
 }
 

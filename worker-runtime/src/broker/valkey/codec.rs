@@ -191,6 +191,54 @@ fn bytes_of(value: Value) -> Result<Vec<u8>, String> {
     }
 }
 
+/// `lag + pending` of consumer group `group` in an `XINFO GROUPS` reply (RESP2 or RESP3), if the
+/// group is there and the server knows its lag.
+pub(super) fn group_backlog(reply: &Value, group: &str) -> Option<u64> {
+    let Value::Array(groups) = reply else {
+        return None;
+    };
+    groups.iter().find_map(|entry| {
+        let fields: Vec<(&[u8], &Value)> = match entry {
+            Value::Array(flat) => flat
+                .chunks(2)
+                .filter_map(|pair| match pair {
+                    [Value::BulkString(name), value] => Some((&name[..], value)),
+                    [Value::SimpleString(name), value] => Some((name.as_bytes(), value)),
+                    _ => None,
+                })
+                .collect(),
+            Value::Map(pairs) => pairs
+                .iter()
+                .filter_map(|(name, value)| match name {
+                    Value::BulkString(name) => Some((&name[..], value)),
+                    Value::SimpleString(name) => Some((name.as_bytes(), value)),
+                    _ => None,
+                })
+                .collect(),
+            _ => return None,
+        };
+        let field = |name: &str| {
+            fields
+                .iter()
+                .find(|(n, _)| *n == name.as_bytes())
+                .map(|(_, v)| *v)
+        };
+        let is_group = match field("name") {
+            Some(Value::BulkString(name)) => name == group.as_bytes(),
+            Some(Value::SimpleString(name)) => name == group,
+            _ => false,
+        };
+        if !is_group {
+            return None;
+        }
+        let number = |value: Option<&Value>| match value {
+            Some(Value::Int(n)) => u64::try_from(*n).ok(),
+            _ => None,
+        };
+        Some(number(field("lag"))? + number(field("pending"))?)
+    })
+}
+
 /// The delivery of entry `id` with these fields.
 pub(super) fn decode(
     topic: &Arc<str>,
@@ -389,6 +437,28 @@ mod tests {
             );
             assert_eq!(broken.property("props").map(str::as_bytes), Some(raw));
         }
+    }
+
+    #[test]
+    fn a_groups_backlog_is_its_lag_and_pending() {
+        let group = |name: &str, lag: Value, pending: i64| {
+            Value::Array(vec![
+                Value::BulkString(b"name".to_vec()),
+                Value::BulkString(name.as_bytes().to_vec()),
+                Value::BulkString(b"pending".to_vec()),
+                Value::Int(pending),
+                Value::BulkString(b"lag".to_vec()),
+                lag,
+            ])
+        };
+        let reply = Value::Array(vec![
+            group("other", Value::Int(100), 1),
+            group("workers", Value::Int(7), 3),
+            group("trimmed", Value::Nil, 3),
+        ]);
+        assert_eq!(group_backlog(&reply, "workers"), Some(10));
+        assert_eq!(group_backlog(&reply, "trimmed"), None, "lag unknown");
+        assert_eq!(group_backlog(&reply, "missing"), None);
     }
 
     #[test]

@@ -185,6 +185,18 @@ impl Subscription for ValkeySubscription {
         })
     }
 
+    /// The group's `lag` (entries not delivered to it yet) plus its pending entries, from
+    /// `XINFO GROUPS`; `None` when the server cannot tell the lag (after entries were deleted
+    /// from the middle of the stream).
+    fn backlog(&self) -> BoxFuture<'_, Result<Option<u64>, BrokerError>> {
+        Box::pin(async move {
+            let mut cmd = redis::cmd("XINFO");
+            cmd.arg("GROUPS").arg(&self.inner.keys.stream);
+            let reply: redis::Value = self.inner.shared.query("backlog", &cmd).await?;
+            Ok(codec::group_backlog(&reply, &self.inner.group))
+        })
+    }
+
     /// Closes, then deletes the consumer group (`XGROUP DESTROY`) with its pending entries. A
     /// stream cannot tell whether other consumers of the group still run: call it on groups of
     /// one consumer only.

@@ -58,6 +58,16 @@ pub struct PulsarArgs {
     )]
     pub tls_ca_file: Option<PathBuf>,
 
+    /// The broker's admin REST API (`http://host:8080`), read for each task's backlog
+    /// (`worker_backlog_messages`); without it no backlog is reported.
+    #[arg(
+        id = "pulsar_admin_url",
+        long = "pulsar-admin-url",
+        env = "PULSAR_ADMIN_URL",
+        value_name = "URL"
+    )]
+    pub admin_url: Option<String>,
+
     /// The limit for one request to the broker (lookup, subscribe, one send's receipt).
     #[arg(
         id = "pulsar_operation_timeout",
@@ -164,6 +174,12 @@ impl PulsarArgs {
             .filter(|token| !token.is_empty())
             .map(Token::new);
         options.listener = self.listener.clone().filter(|name| !name.is_empty());
+        options.admin_url = self
+            .admin_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .map(str::to_owned);
         options.tls_ca_file = self
             .tls_ca_file
             .clone()

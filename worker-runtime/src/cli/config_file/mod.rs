@@ -30,7 +30,8 @@ use std::fmt;
 use std::time::Duration;
 
 use worker_core::{
-    ConsumerType, CreditCost, InitialPosition, RateLimit, TaskConfig, DEFAULT_RATE_WINDOW,
+    CircuitPolicy, ConsumerType, CreditCost, InitialPosition, RateLimit, TaskConfig,
+    DEFAULT_RATE_WINDOW,
 };
 
 use crate::TaskDefinition;
@@ -57,6 +58,12 @@ pub const KEYS: &[&str] = &[
     "credit_type",
     "credit_amount",
     "max_payload_bytes",
+    "circuit_failures",
+    "circuit_failure_rate",
+    "circuit_min_calls",
+    "circuit_window",
+    "circuit_cooldown",
+    "circuit_probes",
 ];
 
 /// One thing wrong in an override file.
@@ -284,6 +291,10 @@ fn apply_task(config: &mut TaskConfig, table: &toml::Table, mut fail: impl FnMut
     let mut rate_window: Option<Duration> = None;
     let mut credit_type: Option<String> = None;
     let mut credit_amount: Option<u64> = None;
+    // The circuit breaker's keys refine the breaker the task has, or make one.
+    let mut circuit = config
+        .circuit
+        .unwrap_or_else(|| CircuitPolicy::new(None, None));
     for (key, value) in table {
         let retry = &mut config.retry;
         let result = match key.as_str() {
@@ -316,6 +327,14 @@ fn apply_task(config: &mut TaskConfig, table: &toml::Table, mut fail: impl FnMut
             "credit_type" => values::string(value).map(|s| credit_type = Some(s.to_owned())),
             "credit_amount" => values::positive(value).map(|n| credit_amount = Some(n)),
             "max_payload_bytes" => values::positive(value).map(|n| config.max_payload_bytes = n),
+            "circuit_failures" => {
+                values::positive(value).map(|n| circuit.consecutive_failures = Some(n))
+            }
+            "circuit_failure_rate" => values::number(value).map(|x| circuit.failure_rate = Some(x)),
+            "circuit_min_calls" => values::positive(value).map(|n| circuit.min_calls = n),
+            "circuit_window" => values::duration(value).map(|d| circuit.window = d),
+            "circuit_cooldown" => values::duration(value).map(|d| circuit.cooldown = d),
+            "circuit_probes" => values::positive(value).map(|n| circuit.probes = n),
             _ => Err(format!(
                 "is not a task key; valid keys: {}",
                 KEYS.join(", ")
@@ -324,6 +343,11 @@ fn apply_task(config: &mut TaskConfig, table: &toml::Table, mut fail: impl FnMut
         if let Err(message) = result {
             fail(key, message);
         }
+    }
+
+    if table.keys().any(|key| key.starts_with("circuit_")) || config.circuit.is_some() {
+        // An incomplete breaker (no trigger) is reported by `TaskConfig::validate`.
+        config.circuit = Some(circuit);
     }
 
     if !table.contains_key("dlq_topic")

@@ -134,7 +134,28 @@ fn an_unknown_key_lists_the_valid_ones() {
         text.starts_with("worker.toml:3: task `ingest`: `rate_limt` is not a task key; valid keys: topic, dlq_topic,"),
         "{text}"
     );
-    assert!(text.ends_with("credit_amount, max_payload_bytes"), "{text}");
+    assert!(text.ends_with("circuit_cooldown, circuit_probes"), "{text}");
+}
+
+#[test]
+fn circuit_breaker_keys_make_or_refine_a_breaker_and_are_checked() {
+    let mut all = tasks();
+    let text = "[tasks.ingest]\ncircuit_failures = 4\ncircuit_cooldown = \"10s\"\n";
+    apply_overrides(&mut all, text, "worker.toml").expect("valid");
+    let circuit = all[0].config().circuit.expect("a breaker");
+    assert_eq!(circuit.consecutive_failures, Some(4));
+    assert_eq!(circuit.cooldown, Duration::from_secs(10));
+    assert_eq!(circuit.probes, worker_core::DEFAULT_CIRCUIT_PROBES);
+
+    assert_eq!(
+        message("[tasks.ingest]\n\ncircuit_probes = 2\n"),
+        "worker.toml:3: task `ingest`: `circuit_failures` or `circuit_failure_rate` must be given for the circuit breaker to open"
+            .replace("worker.toml:3", "worker.toml")
+    );
+    assert_eq!(
+        message("[tasks.ingest]\ncircuit_failure_rate = 1.5\n"),
+        "worker.toml:2: task `ingest`: `circuit_failure_rate` must be in (0, 1], not 1.5"
+    );
 }
 
 #[test]

@@ -138,6 +138,7 @@ fn every_flag_has_its_documented_variable() {
     pairs.sort();
     let expected = [
         ("backend", "PUBSUB_BACKEND"),
+        ("backlog-interval", "WORKER_BACKLOG_INTERVAL"),
         ("config", "WORKER_CONFIG"),
         ("consumer-name", "WORKER_CONSUMER_NAME"),
         ("jwt-secret", "WORKER_JWT_SECRET"),
@@ -149,6 +150,7 @@ fn every_flag_has_its_documented_variable() {
         ("mqtt-password", "MQTT_PASSWORD"),
         ("mqtt-port", "MQTT_PORT"),
         ("mqtt-username", "MQTT_USERNAME"),
+        ("pulsar-admin-url", "PULSAR_ADMIN_URL"),
         ("pulsar-api-key", "PULSAR_API_KEY"),
         ("pulsar-batch-delay", "PULSAR_BATCH_DELAY"),
         ("pulsar-batch-size", "PULSAR_BATCH_SIZE"),
