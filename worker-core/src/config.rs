@@ -29,6 +29,36 @@ pub struct RateLimit {
     pub window: Duration,
 }
 
+/// Whom a task's rate limit binds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitScope {
+    /// Each worker on its own: `n` workers start up to `n` times the limit together.
+    #[default]
+    Worker,
+    /// All workers of the task together, through a shared store (Valkey).
+    Global,
+}
+
+impl RateLimitScope {
+    /// The snake_case name used in configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RateLimitScope::Worker => "worker",
+            RateLimitScope::Global => "global",
+        }
+    }
+
+    /// Parses the name written by [`Self::as_str`].
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "worker" => Some(RateLimitScope::Worker),
+            "global" => Some(RateLimitScope::Global),
+            _ => None,
+        }
+    }
+}
+
 /// How failed attempts are retried: delay n = min(`max_delay`, `retry_delay` × `backoff`^(n−1)),
 /// spread by ±`jitter` (a fraction).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
@@ -153,6 +183,12 @@ pub struct TaskConfig {
     pub max_payload_bytes: usize,
     /// The task's circuit breaker, if it has one.
     pub circuit: Option<CircuitPolicy>,
+    /// Whom [`Self::rate_limit`] binds: each worker, or all workers together.
+    pub rate_limit_scope: RateLimitScope,
+    /// How long a handled message's stable id is remembered, so that a redelivered or
+    /// republished copy is acked without running the handler again; `None`: no such check.
+    #[serde(serialize_with = "as_optional_duration_text")]
+    pub idempotency_window: Option<Duration>,
 }
 
 /// The default rate window when only `rate_limit` is given.
@@ -187,6 +223,8 @@ impl TaskConfig {
             credits: None,
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             circuit: None,
+            rate_limit_scope: RateLimitScope::Worker,
+            idempotency_window: None,
         }
     }
 
@@ -298,6 +336,15 @@ impl TaskConfig {
                 fail("circuit_probes", "must be at least 1".into());
             }
         }
+        if self.rate_limit_scope == RateLimitScope::Global && self.rate_limit.is_none() {
+            fail(
+                "rate_limit_scope",
+                "has no effect without `rate_limit`, the limit all workers share".into(),
+            );
+        }
+        if self.idempotency_window.is_some_and(|w| w.is_zero()) {
+            fail("idempotency_window", "must be longer than zero".into());
+        }
         if self.kind == TaskKind::Io
             && (!self.permission_roles.is_empty() || self.credits.is_some())
         {
@@ -338,6 +385,16 @@ pub struct ConfigError {
     pub key: &'static str,
     /// What is wrong with it.
     pub message: String,
+}
+
+fn as_optional_duration_text<S: serde::Serializer>(
+    d: &Option<Duration>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.collect_str(&format_duration(*d)),
+        None => s.serialize_none(),
+    }
 }
 
 fn as_duration_text<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

@@ -24,8 +24,8 @@ pub use broker::{
     SubscribeOptions, Subscription,
 };
 pub use config::{
-    default_concurrency, CircuitPolicy, ConfigError, CreditCost, RateLimit, RetryPolicy,
-    TaskConfig, TaskKind, DEFAULT_CIRCUIT_COOLDOWN, DEFAULT_CIRCUIT_MIN_CALLS,
+    default_concurrency, CircuitPolicy, ConfigError, CreditCost, RateLimit, RateLimitScope,
+    RetryPolicy, TaskConfig, TaskKind, DEFAULT_CIRCUIT_COOLDOWN, DEFAULT_CIRCUIT_MIN_CALLS,
     DEFAULT_CIRCUIT_PROBES, DEFAULT_CIRCUIT_WINDOW, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_RATE_WINDOW,
     DEFAULT_RECEIVER_QUEUE_SIZE, DEFAULT_TIMEOUT,
 };

@@ -382,6 +382,13 @@ fn config_assignments(s: &Settings, p: &TokenStream) -> Vec<TokenStream> {
             });
         });
     }
+    if s.rate_limit_scope == Some(worker_core::RateLimitScope::Global) {
+        out.push(quote!(__config.rate_limit_scope = #p::RateLimitScope::Global;));
+    }
+    if let Some(window) = s.idempotency_window {
+        let window = duration(window);
+        out.push(quote!(__config.idempotency_window = ::core::option::Option::Some(#window);));
+    }
     if let Some(circuit) = s.circuit() {
         let option = |value: Option<TokenStream>| match value {
             Some(value) => quote!(::core::option::Option::Some(#value)),

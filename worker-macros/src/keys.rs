@@ -28,11 +28,13 @@ pub(crate) enum Key {
     CircuitWindow,
     CircuitCooldown,
     CircuitProbes,
+    RateLimitScope,
+    IdempotencyWindow,
 }
 
 impl Key {
     /// Every key, in the order the documentation lists them.
-    pub const ALL: [Key; 25] = [
+    pub const ALL: [Key; 27] = [
         Key::Topic,
         Key::DlqTopic,
         Key::Subscription,
@@ -58,6 +60,8 @@ impl Key {
         Key::CircuitWindow,
         Key::CircuitCooldown,
         Key::CircuitProbes,
+        Key::RateLimitScope,
+        Key::IdempotencyWindow,
     ];
 
     /// The key's name, which is also the name `TaskConfig::validate` reports it under.
@@ -88,6 +92,8 @@ impl Key {
             Key::CircuitWindow => "circuit_window",
             Key::CircuitCooldown => "circuit_cooldown",
             Key::CircuitProbes => "circuit_probes",
+            Key::RateLimitScope => "rate_limit_scope",
+            Key::IdempotencyWindow => "idempotency_window",
         }
     }
 
@@ -127,6 +133,8 @@ impl Key {
             Key::CircuitWindow => "`circuit_window = 60` or `circuit_window = \"1m\"`",
             Key::CircuitCooldown => "`circuit_cooldown = 30` or `circuit_cooldown = \"30s\"`",
             Key::CircuitProbes => "`circuit_probes = 1`",
+            Key::RateLimitScope => "`rate_limit_scope = \"global\"`",
+            Key::IdempotencyWindow => "`idempotency_window = \"24h\"`",
         }
     }
 

@@ -71,6 +71,8 @@ use worker_core::TaskKind;
 /// | `consumer_type` | `"shared"`, `"key_shared"`, `"failover"` or `"exclusive"` | `"shared"` |
 /// | `initial_position` | `"latest"` or `"earliest"` | `"earliest"` |
 /// | `max_payload_bytes` | larger payloads are dead-lettered | 5 MiB |
+/// | `rate_limit_scope` | `"worker"`: each worker on its own; `"global"`: all workers of the task together (needs the worker's rate-limit store) | `"worker"` |
+/// | `idempotency_window` | how long a handled message's stable id is remembered, so a redelivered or republished copy is acked without running again | none |
 /// | `circuit_failures`, `circuit_failure_rate` | the circuit breaker opens after this many failed deliveries in a row, or when this share of the deliveries of `circuit_window` failed (once `circuit_min_calls` did) | no breaker |
 /// | `circuit_min_calls`, `circuit_window` | refine `circuit_failure_rate` | 20, 60 s |
 /// | `circuit_cooldown`, `circuit_probes` | how long it stays open; how many messages probe it (half-open) | 30 s, 1 |

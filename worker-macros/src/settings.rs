@@ -9,7 +9,7 @@ use syn::ext::IdentExt;
 use syn::{Expr, Ident};
 use worker_core::{
     format_duration, parse_duration, CircuitPolicy, ConsumerType, CreditCost, InitialPosition,
-    RateLimit, RetryPolicy, TaskConfig, TaskKind, Topic, DEFAULT_RATE_WINDOW,
+    RateLimit, RateLimitScope, RetryPolicy, TaskConfig, TaskKind, Topic, DEFAULT_RATE_WINDOW,
 };
 
 use crate::attr::{self, Arg, Number};
@@ -45,6 +45,8 @@ pub(crate) struct Settings {
     pub circuit_window: Option<Duration>,
     pub circuit_cooldown: Option<Duration>,
     pub circuit_probes: Option<u32>,
+    pub rate_limit_scope: Option<RateLimitScope>,
+    pub idempotency_window: Option<Duration>,
 }
 
 impl Settings {
@@ -171,6 +173,8 @@ impl Reader<'_> {
             Key::CircuitWindow => s.circuit_window = Some(v.duration()?),
             Key::CircuitCooldown => s.circuit_cooldown = Some(v.duration()?),
             Key::CircuitProbes => s.circuit_probes = Some(v.count()?),
+            Key::RateLimitScope => s.rate_limit_scope = Some(v.rate_limit_scope()?),
+            Key::IdempotencyWindow => s.idempotency_window = Some(v.duration()?),
         }
         Ok(())
     }
@@ -331,6 +335,8 @@ impl Reader<'_> {
             });
         }
         config.circuit = s.circuit();
+        config.rate_limit_scope = s.rate_limit_scope.unwrap_or_default();
+        config.idempotency_window = s.idempotency_window;
         config
     }
 }
@@ -420,6 +426,16 @@ impl Value<'_> {
         ConsumerType::parse(&text).ok_or_else(|| {
             self.error(format!(
                 "`{}` must be one of \"shared\", \"key_shared\", \"failover\" or \"exclusive\", not {:?}",
+                self.name, text
+            ))
+        })
+    }
+
+    fn rate_limit_scope(&self) -> syn::Result<RateLimitScope> {
+        let text = self.string()?;
+        RateLimitScope::parse(&text).ok_or_else(|| {
+            self.error(format!(
+                "`{}` must be \"worker\" or \"global\", not {:?}",
                 self.name, text
             ))
         })

@@ -19,8 +19,11 @@ mod context;
 pub mod credits;
 pub mod dead_letters;
 mod enqueue;
+pub mod idempotency;
 pub mod metrics;
 pub mod middleware;
+#[cfg(feature = "postgres")]
+mod postgres;
 pub mod prelude;
 mod task;
 pub mod worker;
@@ -41,7 +44,7 @@ pub mod __private {
     pub use serde;
     pub use worker_core::{
         Broker, CircuitPolicy, ConsumerType, CreditCost, InitialPosition, MessageId, RateLimit,
-        TaskConfig, TaskError, TaskKind, Topic,
+        RateLimitScope, TaskConfig, TaskError, TaskKind, Topic,
     };
 
     /// Parses a topic literal the attribute already validated at compile time.

@@ -78,6 +78,38 @@ pub struct Cli {
     #[arg(long, env = "WORKER_JWT_SECRET_FILE", value_name = "PATH")]
     pub jwt_secret_file: Option<PathBuf>,
 
+    /// Where credit balances live, shared by every worker: `redis://…`/`rediss://…` (Valkey) or
+    /// `postgres://…` (PostgreSQL, whose schema is applied at start). Without it, db tasks that
+    /// charge credits have no ledger and the worker refuses to start.
+    #[arg(
+        long,
+        env = "WORKER_CREDITS_URL",
+        hide_env_values = true,
+        value_name = "URL",
+        global = true
+    )]
+    pub credits_url: Option<String>,
+
+    /// The Valkey (`redis://…`) that holds the rate limits of tasks with
+    /// `rate_limit_scope = "global"`, shared by all their workers.
+    #[arg(
+        long,
+        env = "WORKER_RATE_LIMIT_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub rate_limit_url: Option<String>,
+
+    /// Where tasks with an `idempotency_window` record handled messages, shared by every worker:
+    /// `redis://…` or `postgres://…` [default: each worker's own memory].
+    #[arg(
+        long,
+        env = "WORKER_IDEMPOTENCY_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub idempotency_url: Option<String>,
+
     /// How long work in flight may take to finish after a shutdown signal ("30s", "2m", or seconds).
     #[arg(
         long,
@@ -117,9 +149,42 @@ pub enum Command {
     Tasks,
     /// Inspect a task's dead-letter queue, or replay it to the task's topic.
     Dlq(DlqArgs),
+    /// Operate the credit ledger --credits-url names: grant credits, show a balance, list a
+    /// principal's recent charges and refunds.
+    #[command(subcommand)]
+    Credits(CreditsCommand),
     /// Forward messages between brokers along the routes of the `[bridge]` section of --config
     /// (Valkey lists and Celery queues, topics on any backend), until a shutdown signal.
     Bridge(BridgeArgs),
+}
+
+/// What `credits` does.
+#[derive(Subcommand, Clone, Debug)]
+pub enum CreditsCommand {
+    /// Adds credits to a principal's balance and prints the new balance.
+    Grant {
+        /// The principal (a token's `sub`).
+        principal: String,
+        /// The credit type (`db_credits`).
+        credit_type: String,
+        /// How many.
+        amount: u64,
+    },
+    /// Prints a principal's balance of one credit type.
+    Balance {
+        /// The principal.
+        principal: String,
+        /// The credit type.
+        credit_type: String,
+    },
+    /// Lists a principal's latest charges, refunds and grants, newest first.
+    History {
+        /// The principal.
+        principal: String,
+        /// At most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
 }
 
 /// What `bridge` does.

@@ -11,6 +11,19 @@ use super::config_file::ConfigFileError;
 /// Why the command line could not start the worker. Messages never include a secret.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
+    /// A shared store (--credits-url, --rate-limit-url, --idempotency-url) could not be used.
+    #[error("{flag} ({target}): {reason}")]
+    Store {
+        /// The flag that names it.
+        flag: &'static str,
+        /// Where it points, without any password.
+        target: String,
+        /// Why.
+        reason: String,
+    },
+    /// `credits` without `--credits-url`.
+    #[error("the credits subcommand operates the ledger that --credits-url (WORKER_CREDITS_URL) names: give it")]
+    CreditsNeedUrl,
     /// `bridge` without `--config`.
     #[error(
         "the bridge reads its routes from the [bridge] section of a configuration file: give it with --config (or WORKER_CONFIG)"

@@ -40,6 +40,10 @@ fn describe(out: &mut String, c: &TaskConfig) {
     if let Some(limit) = c.rate_limit {
         line("rate_limit", Value::Integer(limit.messages.into()));
         line("rate_window", text(format_duration(limit.window)));
+        line("rate_limit_scope", text(c.rate_limit_scope.as_str()));
+    }
+    if let Some(window) = c.idempotency_window {
+        line("idempotency_window", text(format_duration(window)));
     }
     line("max_retries", Value::Integer(c.retry.max_retries.into()));
     line("backoff", Value::Float(c.retry.backoff));

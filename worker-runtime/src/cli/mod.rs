@@ -54,6 +54,7 @@ mod args;
 mod backend;
 mod bridge;
 pub mod config_file;
+mod credits;
 mod dlq;
 mod error;
 mod extras;
@@ -61,6 +62,7 @@ mod listing;
 pub mod logging;
 mod prepare;
 pub mod signals;
+mod stores;
 #[cfg(test)]
 mod test_tasks;
 #[cfg(test)]
@@ -75,7 +77,8 @@ use worker_core::Broker;
 
 pub use crate::worker::default_consumer_name;
 pub use args::{
-    parse_from, BridgeAction, BridgeArgs, Cli, Command, DlqArgs, MetricsAddr, ReplayArgs,
+    parse_from, BridgeAction, BridgeArgs, Cli, Command, CreditsCommand, DlqArgs, MetricsAddr,
+    ReplayArgs,
 };
 pub use backend::{
     connect_backend, BackendArgs, BackendKind, MqttArgs, PulsarArgs, PulsarCompression, ValkeyArgs,
@@ -125,6 +128,16 @@ pub async fn run_with(cli: Cli, mut extras: RunExtras) -> anyhow::Result<()> {
         Some(Command::Bridge(args)) => {
             return bridge::run(&cli, args, &extras).await;
         }
+        Some(Command::Credits(command)) => {
+            let ledger = match extras.credit_ledger.take() {
+                Some(ledger) => ledger,
+                None => match &cli.credits_url {
+                    Some(url) => stores::credit_ledger(url).await?,
+                    None => return Err(CliError::CreditsNeedUrl.into()),
+                },
+            };
+            return credits::run(command, &*ledger).await;
+        }
         Some(Command::Dlq(args)) => {
             let verifier = match extras.verifier.take() {
                 Some(verifier) => Some(verifier),
@@ -161,6 +174,19 @@ pub async fn run_with(cli: Cli, mut extras: RunExtras) -> anyhow::Result<()> {
                 }
             },
         };
+        let credit_ledger = match (extras.credit_ledger.take(), &cli.credits_url) {
+            (Some(ledger), _) => Some(ledger),
+            (None, Some(url)) => Some(stores::credit_ledger(url).await?),
+            (None, None) => None,
+        };
+        let idempotency = match &cli.idempotency_url {
+            Some(url) => Some(stores::idempotency(url).await?),
+            None => None,
+        };
+        let global_rate_limits = match &cli.rate_limit_url {
+            Some(url) => Some(stores::global_rate_limits(url).await?),
+            None => None,
+        };
         let names: Vec<&str> = tasks.iter().map(|t| t.name()).collect();
         tracing::info!(
             backend = broker.name(),
@@ -174,7 +200,9 @@ pub async fn run_with(cli: Cli, mut extras: RunExtras) -> anyhow::Result<()> {
                 tasks,
                 consumer_name,
                 verifier,
-                credit_ledger: extras.credit_ledger.take(),
+                credit_ledger,
+                idempotency,
+                global_rate_limits,
                 metrics,
                 shutdown_grace: cli.shutdown_grace,
                 backlog_interval: cli.backlog_interval,
@@ -263,6 +291,8 @@ struct WorkerInputs {
     consumer_name: String,
     verifier: Option<Arc<dyn TokenVerifier>>,
     credit_ledger: Option<Arc<dyn CreditLedger>>,
+    idempotency: Option<Arc<dyn crate::idempotency::IdempotencyStore>>,
+    global_rate_limits: Option<stores::GlobalLimits>,
     metrics: Metrics,
     shutdown_grace: Duration,
     backlog_interval: Duration,
@@ -283,6 +313,10 @@ async fn start_worker(inputs: WorkerInputs, shutdown: CancellationToken) -> anyh
     if let Some(ledger) = inputs.credit_ledger {
         builder = builder.credit_ledger(ledger);
     }
+    if let Some(store) = inputs.idempotency {
+        builder = builder.idempotency_store(store);
+    }
+    builder = stores::with_global_rate_limits(builder, inputs.global_rate_limits);
     let worker = builder.build()?;
     let report = worker.run(shutdown).await?;
     tracing::info!(?report, "worker stopped");

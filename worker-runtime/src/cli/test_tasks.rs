@@ -44,6 +44,7 @@ impl Task for WriteRecords {
             amount: 2,
         });
         config.circuit = Some(CircuitPolicy::new(Some(5), Some(0.5)));
+        config.idempotency_window = Some(std::time::Duration::from_secs(3600));
         config
     }
 

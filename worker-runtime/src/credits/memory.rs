@@ -258,6 +258,15 @@ impl CreditLedger for MemoryCreditLedger {
     ) -> BoxFuture<'a, Result<u64, CreditError>> {
         Box::pin(async move { Ok(self.current_balance(principal, credit_type)) })
     }
+
+    fn grant<'a>(
+        &'a self,
+        principal: &'a str,
+        credit_type: &'a str,
+        amount: u64,
+    ) -> BoxFuture<'a, Result<u64, CreditError>> {
+        Box::pin(async move { Ok(self.deposit(principal, credit_type, amount)) })
+    }
 }
 
 #[cfg(test)]

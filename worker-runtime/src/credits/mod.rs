@@ -1,11 +1,24 @@
-//! Credit accounting for db tasks: the [`CreditLedger`] trait and the in-memory ledger.
+//! Credit accounting for db tasks: the [`CreditLedger`] trait, the in-memory ledger, and the
+//! durable ones every worker of a deployment shares: [`ValkeyCreditLedger`] (feature `valkey`) and
+//! [`PostgresCreditLedger`] (feature `postgres`). [`connect`] picks one by URL.
 //!
 //! A charge is keyed by the task and the message's stable id, so a redelivered or retried message is
 //! charged once; a refund returns exactly what that key was charged, once.
 
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "valkey")]
+mod valkey;
 
 pub use memory::{MemoryCreditLedger, DEFAULT_MAX_CHARGE_RECORDS};
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresCreditLedger;
+#[cfg(feature = "valkey")]
+pub use valkey::ValkeyCreditLedger;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use worker_core::BoxFuture;
 
@@ -46,6 +59,40 @@ pub enum RefundOutcome {
 #[error("credit ledger: {0}")]
 pub struct CreditError(pub String);
 
+/// How many entries of a principal's history the durable ledgers keep (Valkey) or list at most.
+pub const HISTORY_LIMIT: usize = 1000;
+
+/// One entry of a principal's history: a charge, a refund or a grant.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CreditEvent {
+    /// `charge`, `refund` or `grant`.
+    pub kind: String,
+    /// The credit type.
+    pub credit_type: String,
+    /// The amount.
+    pub amount: u64,
+    /// The task of a charge or refund.
+    #[serde(default)]
+    pub task: Option<String>,
+    /// The stable message id of a charge or refund.
+    #[serde(default)]
+    pub message_id: Option<String>,
+    /// When, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+}
+
+impl CreditEvent {
+    /// Reads one entry as the Valkey ledger stores it.
+    pub fn from_json(text: &str) -> Option<Self> {
+        serde_json::from_str(text).ok()
+    }
+
+    /// When it happened.
+    pub fn at(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.at_ms)
+    }
+}
+
 /// Where credit balances live. Implementations must make `charge` and `refund` idempotent per key.
 pub trait CreditLedger: Send + Sync + 'static {
     /// Takes `amount` of `credit_type` from `principal`, once per key.
@@ -69,4 +116,50 @@ pub trait CreditLedger: Send + Sync + 'static {
         principal: &'a str,
         credit_type: &'a str,
     ) -> BoxFuture<'a, Result<u64, CreditError>>;
+
+    /// Adds `amount` of `credit_type` to `principal`'s balance (an operator's grant) and returns
+    /// the new balance.
+    fn grant<'a>(
+        &'a self,
+        principal: &'a str,
+        credit_type: &'a str,
+        amount: u64,
+    ) -> BoxFuture<'a, Result<u64, CreditError>> {
+        let _ = (principal, credit_type, amount);
+        Box::pin(async { Err(CreditError("this ledger takes no grants".into())) })
+    }
+
+    /// `principal`'s latest charges, refunds and grants, newest first, at most `limit`.
+    fn history<'a>(
+        &'a self,
+        principal: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<CreditEvent>, CreditError>> {
+        let _ = (principal, limit);
+        Box::pin(async { Err(CreditError("this ledger keeps no history".into())) })
+    }
+}
+
+/// The durable ledger `url` names: `redis://…` or `rediss://…` ([`ValkeyCreditLedger`]),
+/// `postgres://…` or `postgresql://…` ([`PostgresCreditLedger`], which applies its schema
+/// migrations first).
+pub async fn connect(url: &str) -> Result<Arc<dyn CreditLedger>, CreditError> {
+    let scheme = url.split("://").next().unwrap_or_default();
+    match scheme {
+        #[cfg(feature = "valkey")]
+        "redis" | "rediss" => Ok(Arc::new(ValkeyCreditLedger::connect(url).await?)),
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => Ok(Arc::new(PostgresCreditLedger::connect(url).await?)),
+        #[cfg(not(feature = "valkey"))]
+        "redis" | "rediss" => Err(CreditError(
+            "a valkey ledger needs the `valkey` feature of worker-runtime".into(),
+        )),
+        #[cfg(not(feature = "postgres"))]
+        "postgres" | "postgresql" => Err(CreditError(
+            "a postgres ledger needs the `postgres` feature of worker-runtime".into(),
+        )),
+        _ => Err(CreditError(format!(
+            "credits url must start with redis://, rediss://, postgres:// or postgresql://, got `{scheme}://…`"
+        ))),
+    }
 }

@@ -7,7 +7,7 @@ use worker_core::DeadLetterReason;
 
 use super::fanout::FanoutCells;
 use super::route::RouteCells;
-use super::task::TaskCells;
+use super::task::{SharedStore, TaskCells};
 use super::text::{Float, Kind, TextWriter};
 
 /// The exposition of `tasks` for the worker `consumer` (escaped).
@@ -69,6 +69,7 @@ pub(super) fn encode(
             ("retried", t.retried.load(Relaxed)),
             ("dead_lettered", dead_lettered),
             ("forbidden", forbidden),
+            ("duplicate", t.duplicates.load(Relaxed)),
         ] {
             let labels = [("task", &*t.task), ("consumer", c), ("outcome", outcome)];
             w.sample("worker_messages_total", &labels, value);
@@ -127,6 +128,23 @@ pub(super) fn encode(
             &labels,
             t.acks_dropped.load(Relaxed),
         );
+    }
+
+    w.family(
+        "worker_store_errors_total",
+        Kind::Counter,
+        "Deliveries that waited because a shared store (the credit ledger, the idempotency store) did not answer.",
+    );
+    for t in tasks {
+        for store in [SharedStore::Credits, SharedStore::Idempotency] {
+            let labels = [
+                ("task", &*t.task),
+                ("consumer", c),
+                ("store", store.as_str()),
+            ];
+            let count = t.store_errors[store as usize].load(Relaxed);
+            w.sample("worker_store_errors_total", &labels, count);
+        }
     }
 
     w.family(

@@ -13,11 +13,12 @@
 //! | series | type | labels | meaning |
 //! |---|---|---|---|
 //! | `worker_messages_received_total` | counter | `task`, `consumer` | deliveries taken from the broker |
-//! | `worker_messages_total` | counter | `task`, `consumer`, `outcome` | attempts that ended: `ok` (acked), `retried` (a retry was scheduled), `dead_lettered` (to the DLQ for any reason but `forbidden`), `forbidden` (to the DLQ because the sender's token or roles were refused); the outcomes do not overlap |
+//! | `worker_messages_total` | counter | `task`, `consumer`, `outcome` | attempts that ended: `ok` (acked), `retried` (a retry was scheduled), `dead_lettered` (to the DLQ for any reason but `forbidden`), `forbidden` (to the DLQ because the sender's token or roles were refused), `duplicate` (handled before within the task's idempotency window: acked, not run); the outcomes do not overlap |
 //! | `worker_dead_letters_total` | counter | `task`, `consumer`, `reason` | messages sent to the DLQ, by [`DeadLetterReason`](worker_core::DeadLetterReason) (every reason is pre-registered at zero) |
 //! | `worker_timeouts_total` | counter | `task`, `consumer` | attempts cancelled by the per-attempt timeout |
 //! | `worker_panics_total` | counter | `task`, `consumer` | attempts whose handler panicked |
 //! | `worker_acks_dropped_total` | counter | `task`, `consumer` | acknowledgements given up on after the broker failed them for [`ACK_RETRY_LIMIT`](crate::worker::ACK_RETRY_LIMIT) (a transient error) or at once (any other): those messages are delivered and handled again |
+//! | `worker_store_errors_total` | counter | `task`, `consumer`, `store` | deliveries that waited because a shared store did not answer: `credits` (the ledger), `idempotency` |
 //! | `worker_circuit_state` | gauge | `task` | the circuit breaker: 0 closed, 1 half-open, 2 open |
 //! | `worker_circuit_transitions_total` | counter | `task`, `to` | transitions to `closed`, `half_open`, `open` (pre-registered at zero) |
 //! | `worker_backlog_messages` | gauge | `task`, `subscription` | messages waiting for the task's subscription, sampled from the broker every backlog interval (Valkey: the group's lag plus pending; Pulsar: the topic stats' `msgBacklog`, with the admin URL; the embedded broker: its own count; MQTT cannot tell, so none) |
@@ -49,7 +50,7 @@ use parking_lot::Mutex;
 
 pub use fanout::FanoutMetrics;
 pub use route::RouteMetrics;
-pub use task::{InFlightGuard, TaskMetrics};
+pub use task::{InFlightGuard, SharedStore, TaskMetrics};
 pub use text::CONTENT_TYPE;
 
 use fanout::FanoutCells;

@@ -68,11 +68,14 @@ pub(super) struct TaskCells {
     pub(super) received: AtomicU64,
     pub(super) ok: AtomicU64,
     pub(super) retried: AtomicU64,
+    pub(super) duplicates: AtomicU64,
     /// One counter per reason, in [`DeadLetterReason::ALL`] order.
     pub(super) dead_letters: [AtomicU64; DeadLetterReason::ALL.len()],
     pub(super) timeouts: AtomicU64,
     pub(super) panics: AtomicU64,
     pub(super) acks_dropped: AtomicU64,
+    /// Shared stores that failed to answer: the credit ledger, the idempotency store.
+    pub(super) store_errors: [AtomicU64; 2],
     /// The circuit breaker's state: 0 closed, 1 half-open, 2 open.
     pub(super) circuit_state: AtomicI64,
     /// Transitions to closed, half-open and open.
@@ -101,10 +104,12 @@ impl TaskCells {
             received: AtomicU64::new(0),
             ok: AtomicU64::new(0),
             retried: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
             dead_letters: Default::default(),
             timeouts: AtomicU64::new(0),
             panics: AtomicU64::new(0),
             acks_dropped: AtomicU64::new(0),
+            store_errors: Default::default(),
             circuit_state: AtomicI64::new(0),
             circuit_transitions: Default::default(),
             concurrency: AtomicU64::new(0),
@@ -230,6 +235,12 @@ impl TaskMetrics {
         self.cells.retried.fetch_add(1, Relaxed);
     }
 
+    /// Counts a delivery of a message handled before, acked without running (outcome
+    /// `duplicate`).
+    pub fn duplicate(&self) {
+        self.cells.duplicates.fetch_add(1, Relaxed);
+    }
+
     /// Counts a message sent to the DLQ for `reason`: outcome `forbidden` for
     /// [`DeadLetterReason::Forbidden`], outcome `dead_lettered` for every other reason.
     pub fn dead_lettered(&self, reason: DeadLetterReason) {
@@ -260,6 +271,11 @@ impl TaskMetrics {
     pub fn backlog(&self, backlog: Option<u64>) {
         let value = backlog.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
         self.cells.backlog.store(value, Relaxed);
+    }
+
+    /// Counts a shared store that failed to answer for a delivery (which then waits).
+    pub fn store_error(&self, store: SharedStore) {
+        self.cells.store_errors[store as usize].fetch_add(1, Relaxed);
     }
 
     /// Counts `n` acknowledgements given up on after the broker kept failing them: those
@@ -333,5 +349,24 @@ impl crate::middleware::circuit_breaker::CircuitObserver for TaskMetrics {
     fn transition(&self, to: crate::middleware::circuit_breaker::CircuitState) {
         self.cells.circuit_state.store(to as i64, Relaxed);
         self.cells.circuit_transitions[to as usize].fetch_add(1, Relaxed);
+    }
+}
+
+/// The shared stores a delivery may wait on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SharedStore {
+    /// The credit ledger.
+    Credits = 0,
+    /// The idempotency store.
+    Idempotency = 1,
+}
+
+impl SharedStore {
+    /// The `store` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SharedStore::Credits => "credits",
+            SharedStore::Idempotency => "idempotency",
+        }
     }
 }

@@ -7,11 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use worker_core::{Broker, BrokerError, ConfigError};
+use worker_core::{Broker, BrokerError, ConfigError, RateLimitScope};
 
 use crate::auth::{CachingVerifier, TokenVerifier, DEFAULT_TOKEN_CACHE_SIZE};
 use crate::credits::CreditLedger;
+use crate::idempotency::{IdempotencyStore, MemoryIdempotencyStore};
 use crate::metrics::Metrics;
+#[cfg(feature = "valkey")]
+use crate::middleware::rate_limit::GlobalRateLimits;
 use crate::task::TaskDefinition;
 
 use super::consumer_name::default_consumer_name;
@@ -55,6 +58,14 @@ pub enum WorkerError {
         task: String,
         /// The credit type it charges.
         credit_type: String,
+    },
+    /// A task limits its rate across all workers but the worker has no shared store for it.
+    #[error(
+        "task `{task}` has rate_limit_scope = \"global\" but the worker has no store for global rate limits (set --rate-limit-url or WORKER_RATE_LIMIT_URL to a Valkey)"
+    )]
+    MissingGlobalRateLimits {
+        /// The task.
+        task: String,
     },
     /// The backend cannot serve the task's consumer type.
     #[error("task `{task}` asks for a `{consumer_type}` subscription, which the {backend} backend does not support")]
@@ -106,6 +117,9 @@ pub struct WorkerBuilder {
     metrics: Option<Metrics>,
     shutdown_grace: Option<Duration>,
     backlog_interval: Option<Duration>,
+    #[cfg(feature = "valkey")]
+    global_rate_limits: Option<GlobalRateLimits>,
+    idempotency: Option<Arc<dyn IdempotencyStore>>,
 }
 
 impl WorkerBuilder {
@@ -152,6 +166,20 @@ impl WorkerBuilder {
     /// Where to record metrics; default a fresh registry.
     pub fn metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = Some(metrics);
+        self
+    }
+
+    /// The shared store of the rate limits of tasks with `rate_limit_scope = "global"`.
+    #[cfg(feature = "valkey")]
+    pub fn global_rate_limits(mut self, limits: GlobalRateLimits) -> Self {
+        self.global_rate_limits = Some(limits);
+        self
+    }
+
+    /// Where tasks with an `idempotency_window` record handled messages (default: a
+    /// [`MemoryIdempotencyStore`] of this worker's own, which other workers do not see).
+    pub fn idempotency_store(mut self, store: Arc<dyn IdempotencyStore>) -> Self {
+        self.idempotency = Some(store);
         self
     }
 
@@ -202,6 +230,18 @@ impl WorkerBuilder {
                     credit_type: cost.credit_type.clone(),
                 });
             }
+            #[cfg(feature = "valkey")]
+            let has_global = self.global_rate_limits.is_some();
+            #[cfg(not(feature = "valkey"))]
+            let has_global = false;
+            if config.rate_limit_scope == RateLimitScope::Global
+                && config.rate_limit.is_some()
+                && !has_global
+            {
+                return Err(WorkerError::MissingGlobalRateLimits {
+                    task: config.name.clone(),
+                });
+            }
             if !capabilities.consumer_types.contains(&config.consumer_type) {
                 return Err(WorkerError::UnsupportedConsumerType {
                     task: config.name.clone(),
@@ -225,6 +265,11 @@ impl WorkerBuilder {
                 metrics,
                 grace: self.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
                 backlog_interval: self.backlog_interval.unwrap_or(DEFAULT_BACKLOG_INTERVAL),
+                #[cfg(feature = "valkey")]
+                global_rate_limits: self.global_rate_limits,
+                idempotency: self
+                    .idempotency
+                    .unwrap_or_else(|| Arc::new(MemoryIdempotencyStore::new())),
                 unsubscribed: AtomicUsize::new(self.tasks.len()),
             },
             tasks: self.tasks,

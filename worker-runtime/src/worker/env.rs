@@ -12,7 +12,7 @@ use crate::context::WorkerSide;
 use crate::credits::CreditLedger;
 use crate::metrics::{Metrics, TaskMetrics};
 use crate::middleware::circuit_breaker::CircuitBreaker;
-use crate::middleware::rate_limit::RateLimiter;
+use crate::middleware::rate_limit::TaskLimiter;
 
 use super::acks::AckSender;
 use super::report::Counters;
@@ -28,6 +28,11 @@ pub(crate) struct WorkerShared {
     pub grace: Duration,
     /// How often each task's backlog is sampled from the broker.
     pub backlog_interval: Duration,
+    /// The store of global rate limits, if the worker has one.
+    #[cfg(feature = "valkey")]
+    pub global_rate_limits: Option<crate::middleware::rate_limit::GlobalRateLimits>,
+    /// Where tasks with an idempotency window record handled messages.
+    pub idempotency: Arc<dyn crate::idempotency::IdempotencyStore>,
     /// Tasks not subscribed yet; the worker is ready when it reaches zero.
     pub unsubscribed: AtomicUsize,
 }
@@ -62,7 +67,7 @@ pub(crate) struct TaskEnv {
     pub shared: Arc<WorkerShared>,
     pub subscription: Arc<dyn Subscription>,
     pub acks: AckSender,
-    pub limiter: Option<RateLimiter>,
+    pub limiter: Option<TaskLimiter>,
     pub metrics: TaskMetrics,
     /// The part of every handler's context that all deliveries of the task share.
     pub context: Arc<WorkerSide>,

@@ -12,6 +12,7 @@ use worker_core::{props, DeadLetterReason, Delivery, ErrorKind, Topic};
 use crate::auth::Principal;
 use crate::context::TaskContext;
 use crate::credits::{ChargeKey, ChargeOutcome};
+use crate::metrics::SharedStore;
 use crate::middleware::auth::authorize;
 use crate::middleware::circuit_breaker::Outcome;
 use crate::middleware::panic::catch_panic;
@@ -41,6 +42,8 @@ pub(crate) enum Verdict {
     /// Something outside the handler failed (the credit ledger): give the delivery back after
     /// waiting, without counting an attempt.
     GiveBack { after: Duration, error: String },
+    /// The message was handled before, within the task's idempotency window: ack, run nothing.
+    AlreadyHandled,
 }
 
 impl Verdict {
@@ -54,7 +57,9 @@ impl Verdict {
                 reason: DeadLetterReason::RetriesExhausted,
                 ..
             } => Outcome::Failure,
-            Verdict::DeadLetter { .. } | Verdict::GiveBack { .. } => Outcome::Neutral,
+            Verdict::DeadLetter { .. } | Verdict::GiveBack { .. } | Verdict::AlreadyHandled => {
+                Outcome::Neutral
+            }
         }
     }
 }
@@ -92,6 +97,36 @@ pub(crate) async fn process<T: Task>(env: &TaskEnv, delivery: &Delivery) -> Proc
             }
         }
     };
+    if env.config.idempotency_window.is_some() {
+        match env.shared.idempotency.seen(env.task, &message_id).await {
+            Ok(true) => {
+                tracing::debug!(
+                    task = env.task,
+                    message_id = &*message_id,
+                    "handled before; not run again"
+                );
+                return Processed {
+                    verdict: Verdict::AlreadyHandled,
+                    attempt,
+                    message_id,
+                    principal: None,
+                };
+            }
+            Ok(false) => {}
+            Err(error) => {
+                env.metrics.store_error(SharedStore::Idempotency);
+                return Processed {
+                    verdict: Verdict::GiveBack {
+                        after: env.config.retry.retry_delay,
+                        error: error.to_string(),
+                    },
+                    attempt,
+                    message_id,
+                    principal: None,
+                };
+            }
+        }
+    }
     let span = tracing::info_span!(
         "delivery",
         task = env.task,
@@ -227,6 +262,7 @@ async fn admit<T: Task>(
                 });
             }
             Err(error) => {
+                env.metrics.store_error(SharedStore::Credits);
                 return Err(Verdict::GiveBack {
                     after: env.config.retry.retry_delay,
                     error: error.to_string(),

@@ -17,6 +17,9 @@ pub struct TaskReport {
     pub dead_lettered: u64,
     /// Deliveries given back to the broker unfinished (at shutdown, or when the credit ledger failed).
     pub nacked: u64,
+    /// Deliveries of messages handled before, within the task's idempotency window: acked,
+    /// not run.
+    pub duplicates: u64,
 }
 
 /// What a worker did, per task.
@@ -41,6 +44,7 @@ pub(crate) struct Counters {
     pub retried: AtomicU64,
     pub dead_lettered: AtomicU64,
     pub nacked: AtomicU64,
+    pub duplicates: AtomicU64,
 }
 
 impl Counters {
@@ -57,6 +61,7 @@ impl Counters {
             retried: read(&self.retried),
             dead_lettered: read(&self.dead_lettered),
             nacked: read(&self.nacked),
+            duplicates: read(&self.duplicates),
         }
     }
 }

@@ -13,7 +13,7 @@ use worker_core::{SubscribeOptions, Subscription, TaskConfig};
 use crate::context::WorkerSide;
 use crate::dead_letters;
 use crate::middleware::circuit_breaker::CircuitBreaker;
-use crate::middleware::rate_limit::RateLimiter;
+use crate::middleware::rate_limit::{RateLimiter, TaskLimiter};
 use crate::task::Task;
 
 use super::acks::start_ack_flusher;
@@ -65,7 +65,7 @@ pub(crate) async fn run_task<T: Task>(run: TaskRun) -> Result<TaskReport, Worker
     let metrics = shared.metrics.task(T::NAME, &config.topic.to_string());
     metrics.configured(config.concurrency, config.timeout, &config.subscription);
     let sampler = tokio::spawn(sample_backlog(
-        subscription.clone(),
+        Arc::downgrade(&subscription),
         metrics.clone(),
         shared.backlog_interval,
     ));
@@ -83,7 +83,9 @@ pub(crate) async fn run_task<T: Task>(run: TaskRun) -> Result<TaskReport, Worker
         topic,
         context,
         retry_mode: TaskEnv::retry_mode(&config, &shared.capabilities),
-        limiter: config.rate_limit.map(RateLimiter::new),
+        limiter: config
+            .rate_limit
+            .map(|limit| task_limiter(T::NAME, limit, config.rate_limit_scope, &shared)),
         metrics,
         counters: Counters::default(),
         subscription: subscription.clone(),
@@ -163,9 +165,29 @@ pub(crate) async fn run_task<T: Task>(run: TaskRun) -> Result<TaskReport, Worker
     Ok(report)
 }
 
+/// The task's limiter: this worker's own, or its share of the global one (the builder checked
+/// that the worker has the store a global one needs).
+fn task_limiter(
+    task: &'static str,
+    limit: worker_core::RateLimit,
+    scope: worker_core::RateLimitScope,
+    shared: &WorkerShared,
+) -> TaskLimiter {
+    #[cfg(feature = "valkey")]
+    if scope == worker_core::RateLimitScope::Global {
+        if let Some(limits) = &shared.global_rate_limits {
+            return TaskLimiter::Global(limits.limiter(task, limit));
+        }
+    }
+    let _ = (task, scope, shared);
+    TaskLimiter::Local(RateLimiter::new(limit))
+}
+
 /// Samples the subscription's backlog into `metrics` every `every`, for as long as the task runs.
+/// It holds the subscription weakly: a worker that is dropped (as a crash would) must release its
+/// subscription, so that the broker delivers what it held to others.
 async fn sample_backlog(
-    subscription: Arc<dyn Subscription>,
+    subscription: std::sync::Weak<dyn Subscription>,
     metrics: crate::metrics::TaskMetrics,
     every: Duration,
 ) {
@@ -173,6 +195,9 @@ async fn sample_backlog(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        let Some(subscription) = subscription.upgrade() else {
+            return;
+        };
         match subscription.backlog().await {
             Ok(backlog) => metrics.backlog(backlog),
             Err(error) => tracing::debug!(%error, "sampling the backlog failed"),

@@ -35,9 +35,25 @@ pub(crate) async fn settle(
     } = processed;
     match verdict {
         Verdict::Succeeded => {
+            if let Some(window) = env.config.idempotency_window {
+                // Before the ack: a crash between the two costs one extra run at most.
+                if let Err(error) = env
+                    .shared
+                    .idempotency
+                    .record(env.task, &message_id, window)
+                    .await
+                {
+                    tracing::warn!(task = env.task, message_id = &*message_id, %error, "recording the message as handled failed; a copy of it would run again");
+                }
+            }
             env.acks.ack(delivery.id);
             env.metrics.ok();
             Counters::add(&env.counters.succeeded, 1);
+        }
+        Verdict::AlreadyHandled => {
+            env.acks.ack(delivery.id);
+            env.metrics.duplicate();
+            Counters::add(&env.counters.duplicates, 1);
         }
         Verdict::Retry {
             next_attempt,

@@ -30,8 +30,8 @@ use std::fmt;
 use std::time::Duration;
 
 use worker_core::{
-    CircuitPolicy, ConsumerType, CreditCost, InitialPosition, RateLimit, TaskConfig,
-    DEFAULT_RATE_WINDOW,
+    CircuitPolicy, ConsumerType, CreditCost, InitialPosition, RateLimit, RateLimitScope,
+    TaskConfig, DEFAULT_RATE_WINDOW,
 };
 
 use crate::TaskDefinition;
@@ -64,6 +64,8 @@ pub const KEYS: &[&str] = &[
     "circuit_window",
     "circuit_cooldown",
     "circuit_probes",
+    "rate_limit_scope",
+    "idempotency_window",
 ];
 
 /// One thing wrong in an override file.
@@ -335,6 +337,13 @@ fn apply_task(config: &mut TaskConfig, table: &toml::Table, mut fail: impl FnMut
             "circuit_window" => values::duration(value).map(|d| circuit.window = d),
             "circuit_cooldown" => values::duration(value).map(|d| circuit.cooldown = d),
             "circuit_probes" => values::positive(value).map(|n| circuit.probes = n),
+            "rate_limit_scope" => {
+                values::one_of(value, RateLimitScope::parse, &["worker", "global"])
+                    .map(|scope| config.rate_limit_scope = scope)
+            }
+            "idempotency_window" => {
+                values::duration(value).map(|d| config.idempotency_window = Some(d))
+            }
             _ => Err(format!(
                 "is not a task key; valid keys: {}",
                 KEYS.join(", ")

@@ -134,7 +134,10 @@ fn an_unknown_key_lists_the_valid_ones() {
         text.starts_with("worker.toml:3: task `ingest`: `rate_limt` is not a task key; valid keys: topic, dlq_topic,"),
         "{text}"
     );
-    assert!(text.ends_with("circuit_cooldown, circuit_probes"), "{text}");
+    assert!(
+        text.ends_with("rate_limit_scope, idempotency_window"),
+        "{text}"
+    );
 }
 
 #[test]

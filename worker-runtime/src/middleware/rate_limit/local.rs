@@ -1,4 +1,4 @@
-//! The per-worker rate limit: at most `messages` started per `window`.
+//! The per-worker rate limit: at most `messages` started per `window`, in this process.
 //!
 //! A generic cell rate algorithm (governor's direct limiter) shaped so that the limit holds for
 //! *every* span of length `window`, not just on average: no window of that length ever sees more

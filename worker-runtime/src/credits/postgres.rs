@@ -1,0 +1,265 @@
+//! A [`CreditLedger`] in PostgreSQL: a charge is a row of `wr_credit_charges`, unique per task and
+//! stable message id, inserted in the same transaction that takes the amount from
+//! `wr_credit_balances` (whose `CHECK (balance >= 0)` no transaction can break). Two workers
+//! charging one message at once meet at the unique key: the second waits for the first and takes
+//! nothing. `wr_credit_events` keeps every charge, refund and grant, for an operator's listing.
+//! The schema is applied at [`PostgresCreditLedger::connect`] (see [`crate::postgres`]).
+
+use worker_core::BoxFuture;
+
+use super::{ChargeKey, ChargeOutcome, CreditError, CreditEvent, CreditLedger, RefundOutcome};
+use crate::postgres::Pool;
+
+/// Balances and charges in PostgreSQL. See the [module docs](self).
+pub struct PostgresCreditLedger {
+    pool: Pool,
+}
+
+impl PostgresCreditLedger {
+    /// Connects to `url` (`postgres://user:password@host:port/db`) and applies the migrations
+    /// the database lacks.
+    pub async fn connect(url: &str) -> Result<Self, CreditError> {
+        let pool = Pool::connect(url)
+            .await
+            .map_err(|e| CreditError(format!("postgres: {e}")))?;
+        Ok(PostgresCreditLedger { pool })
+    }
+
+    async fn with_client<T>(
+        &self,
+        what: &str,
+        work: impl for<'c> FnOnce(
+            &'c mut tokio_postgres::Client,
+        ) -> BoxFuture<'c, Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, CreditError> {
+        self.pool
+            .with_client(what, work)
+            .await
+            .map_err(|e| CreditError(format!("postgres: {e}")))
+    }
+}
+
+fn signed(amount: u64) -> i64 {
+    i64::try_from(amount).unwrap_or(i64::MAX)
+}
+
+impl CreditLedger for PostgresCreditLedger {
+    fn charge<'a>(
+        &'a self,
+        principal: &'a str,
+        credit_type: &'a str,
+        amount: u64,
+        key: &'a ChargeKey,
+    ) -> BoxFuture<'a, Result<ChargeOutcome, CreditError>> {
+        let (principal, credit_type, key) =
+            (principal.to_owned(), credit_type.to_owned(), key.clone());
+        Box::pin(self.with_client("charge", move |client| {
+            Box::pin(async move {
+                let amount = signed(amount);
+                let tx = client.transaction().await?;
+                // The unique key decides: a charge already there (or being made by another
+                // worker, which we then wait for) is not made again.
+                let inserted = tx
+                    .execute(
+                        "INSERT INTO wr_credit_charges
+                             (task, message_id, principal, credit_type, amount, charged_at)
+                         VALUES ($1, $2, $3, $4, $5, now())
+                         ON CONFLICT (task, message_id) DO NOTHING",
+                        &[&key.task, &key.message_id, &principal, &credit_type, &amount],
+                    )
+                    .await?;
+                if inserted == 0 {
+                    let refunded: bool = tx
+                        .query_one(
+                            "SELECT refunded_at IS NOT NULL FROM wr_credit_charges
+                             WHERE task = $1 AND message_id = $2 FOR UPDATE",
+                            &[&key.task, &key.message_id],
+                        )
+                        .await?
+                        .get(0);
+                    if !refunded {
+                        tx.commit().await?;
+                        return Ok(ChargeOutcome::AlreadyCharged);
+                    }
+                    // Refunded (dead-lettered), now replayed: charged again.
+                    tx.execute(
+                        "UPDATE wr_credit_charges
+                         SET principal = $3, credit_type = $4, amount = $5,
+                             charged_at = now(), refunded_at = NULL
+                         WHERE task = $1 AND message_id = $2",
+                        &[&key.task, &key.message_id, &principal, &credit_type, &amount],
+                    )
+                    .await?;
+                }
+                let taken = tx
+                    .execute(
+                        "UPDATE wr_credit_balances SET balance = balance - $3
+                         WHERE principal = $1 AND credit_type = $2 AND balance >= $3",
+                        &[&principal, &credit_type, &amount],
+                    )
+                    .await?;
+                if taken == 0 {
+                    let available: Option<i64> = tx
+                        .query_opt(
+                            "SELECT balance FROM wr_credit_balances
+                             WHERE principal = $1 AND credit_type = $2",
+                            &[&principal, &credit_type],
+                        )
+                        .await?
+                        .map(|row| row.get(0));
+                    // The charge row goes with the rollback.
+                    tx.rollback().await?;
+                    return Ok(ChargeOutcome::Insufficient {
+                        available: available.map_or(0, |b| u64::try_from(b).unwrap_or(0)),
+                    });
+                }
+                tx.execute(
+                    "INSERT INTO wr_credit_events (principal, credit_type, kind, amount, task, message_id)
+                     VALUES ($1, $2, 'charge', $3, $4, $5)",
+                    &[&principal, &credit_type, &amount, &key.task, &key.message_id],
+                )
+                .await?;
+                tx.commit().await?;
+                Ok(ChargeOutcome::Charged)
+            })
+        }))
+    }
+
+    fn refund<'a>(
+        &'a self,
+        key: &'a ChargeKey,
+    ) -> BoxFuture<'a, Result<RefundOutcome, CreditError>> {
+        let key = key.clone();
+        Box::pin(self.with_client("refund", move |client| {
+            Box::pin(async move {
+                let tx = client.transaction().await?;
+                let charged = tx
+                    .query_opt(
+                        "UPDATE wr_credit_charges SET refunded_at = now()
+                         WHERE task = $1 AND message_id = $2 AND refunded_at IS NULL
+                         RETURNING principal, credit_type, amount",
+                        &[&key.task, &key.message_id],
+                    )
+                    .await?;
+                let Some(row) = charged else {
+                    tx.commit().await?;
+                    return Ok(RefundOutcome::NothingToRefund);
+                };
+                let (principal, credit_type, amount): (String, String, i64) =
+                    (row.get(0), row.get(1), row.get(2));
+                tx.execute(
+                    "INSERT INTO wr_credit_balances (principal, credit_type, balance)
+                     VALUES ($1, $2, $3)
+                     ON CONFLICT (principal, credit_type)
+                     DO UPDATE SET balance = wr_credit_balances.balance + $3",
+                    &[&principal, &credit_type, &amount],
+                )
+                .await?;
+                tx.execute(
+                    "INSERT INTO wr_credit_events (principal, credit_type, kind, amount, task, message_id)
+                     VALUES ($1, $2, 'refund', $3, $4, $5)",
+                    &[&principal, &credit_type, &amount, &key.task, &key.message_id],
+                )
+                .await?;
+                tx.commit().await?;
+                Ok(RefundOutcome::Refunded(u64::try_from(amount).unwrap_or(0)))
+            })
+        }))
+    }
+
+    fn balance<'a>(
+        &'a self,
+        principal: &'a str,
+        credit_type: &'a str,
+    ) -> BoxFuture<'a, Result<u64, CreditError>> {
+        let (principal, credit_type) = (principal.to_owned(), credit_type.to_owned());
+        Box::pin(self.with_client("balance", move |client| {
+            Box::pin(async move {
+                let balance: Option<i64> = client
+                    .query_opt(
+                        "SELECT balance FROM wr_credit_balances
+                         WHERE principal = $1 AND credit_type = $2",
+                        &[&principal, &credit_type],
+                    )
+                    .await?
+                    .map(|row| row.get(0));
+                Ok(balance.map_or(0, |b| u64::try_from(b).unwrap_or(0)))
+            })
+        }))
+    }
+
+    fn grant<'a>(
+        &'a self,
+        principal: &'a str,
+        credit_type: &'a str,
+        amount: u64,
+    ) -> BoxFuture<'a, Result<u64, CreditError>> {
+        let (principal, credit_type) = (principal.to_owned(), credit_type.to_owned());
+        Box::pin(self.with_client("grant", move |client| {
+            Box::pin(async move {
+                let amount = signed(amount);
+                let tx = client.transaction().await?;
+                let balance: i64 = tx
+                    .query_one(
+                        "INSERT INTO wr_credit_balances (principal, credit_type, balance)
+                         VALUES ($1, $2, $3)
+                         ON CONFLICT (principal, credit_type)
+                         DO UPDATE SET balance = wr_credit_balances.balance + $3
+                         RETURNING balance",
+                        &[&principal, &credit_type, &amount],
+                    )
+                    .await?
+                    .get(0);
+                tx.execute(
+                    "INSERT INTO wr_credit_events (principal, credit_type, kind, amount)
+                     VALUES ($1, $2, 'grant', $3)",
+                    &[&principal, &credit_type, &amount],
+                )
+                .await?;
+                tx.commit().await?;
+                Ok(u64::try_from(balance).unwrap_or(0))
+            })
+        }))
+    }
+
+    fn history<'a>(
+        &'a self,
+        principal: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<CreditEvent>, CreditError>> {
+        let principal = principal.to_owned();
+        Box::pin(self.with_client("history", move |client| {
+            Box::pin(async move {
+                let limit = i64::try_from(limit.clamp(1, super::HISTORY_LIMIT)).unwrap_or(1);
+                let rows = client
+                    .query(
+                        "SELECT kind, credit_type, amount, task, message_id,
+                                (extract(epoch FROM at) * 1000)::bigint
+                         FROM wr_credit_events WHERE principal = $1
+                         ORDER BY id DESC LIMIT $2",
+                        &[&principal, &limit],
+                    )
+                    .await?;
+                Ok(rows
+                    .iter()
+                    .map(|row| CreditEvent {
+                        kind: row.get(0),
+                        credit_type: row.get(1),
+                        amount: u64::try_from(row.get::<_, i64>(2)).unwrap_or(0),
+                        task: row.get(3),
+                        message_id: row.get(4),
+                        at_ms: u64::try_from(row.get::<_, i64>(5)).unwrap_or(0),
+                    })
+                    .collect())
+            })
+        }))
+    }
+}
+
+impl std::fmt::Debug for PostgresCreditLedger {
+    // The URL may hold a password: it is not printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresCreditLedger")
+            .finish_non_exhaustive()
+    }
+}
