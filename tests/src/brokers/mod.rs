@@ -5,12 +5,14 @@
 //! `REQUIRE_BROKERS=1` (as CI sets) it panics instead.
 
 mod mosquitto;
+mod postgres;
 mod process;
 mod prometheus;
 mod pulsar;
 mod redis;
 
 pub use mosquitto::Mosquitto;
+pub use postgres::Postgres;
 pub use process::{free_port, wait_for_port, BrokerProcess};
 pub use prometheus::{url_encode, Prometheus, ScrapeJob};
 pub use pulsar::PulsarStandalone;

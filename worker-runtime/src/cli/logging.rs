@@ -3,7 +3,11 @@
 use std::io::IsTerminal;
 
 use clap::ValueEnum;
-use tracing_subscriber::filter::{EnvFilter, LevelFilter};
+use tracing::{Level, Metadata};
+use tracing_subscriber::filter::{filter_fn, EnvFilter, FilterFn, LevelFilter};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{fmt, Layer};
 
 /// How log events are written.
 #[derive(ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -15,78 +19,167 @@ pub enum LogFormat {
     Json,
 }
 
+/// A target whose events are never logged above `max`, whatever `RUST_LOG` says: a cap, where a
+/// `RUST_LOG` directive could only raise or lower the level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LevelCap {
+    /// The target (a module path prefix, as in `RUST_LOG`).
+    pub target: &'static str,
+    /// The most verbose level let through.
+    pub max: Level,
+}
+
+impl LevelCap {
+    /// Whether an event or span of `metadata` gets past this cap.
+    fn allows(&self, metadata: &Metadata<'_>) -> bool {
+        let target = metadata.target();
+        let under = target
+            .strip_prefix(self.target)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"));
+        !under || *metadata.level() <= self.max
+    }
+}
+
 /// Installs the global log subscriber: `RUST_LOG` directives (default `info`; invalid directives
 /// are ignored), written to stderr in `format`. Returns `false`, changing nothing, when a global
 /// subscriber is already installed, so calling it twice is harmless.
 pub fn init(format: LogFormat) -> bool {
-    init_with_directives(format, &[])
+    init_with_caps(format, &[])
 }
 
-/// Like [`init`], with `directives` added after `RUST_LOG`'s and winning over them for the same
-/// target, e.g. [`BackendArgs::log_directives`](super::BackendArgs::log_directives), which keep
-/// secrets out of the logs whatever `RUST_LOG` says.
-pub fn init_with_directives(format: LogFormat, directives: &[&str]) -> bool {
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(env_filter(directives))
-        .with_writer(std::io::stderr);
+/// Like [`init`], with `caps` applied after `RUST_LOG`, e.g.
+/// [`BackendArgs::log_caps`](super::BackendArgs::log_caps), which keep secrets out of the logs
+/// whatever `RUST_LOG` says.
+pub fn init_with_caps(format: LogFormat, caps: &'static [LevelCap]) -> bool {
+    let registry = tracing_subscriber::registry();
+    let writer = std::io::stderr;
     match format {
-        LogFormat::Pretty => builder
-            .with_ansi(std::io::stderr().is_terminal())
+        LogFormat::Pretty => registry
+            .with(
+                fmt::layer()
+                    .with_writer(writer)
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_filter(env_filter())
+                    .with_filter(capped(caps)),
+            )
             .try_init()
             .is_ok(),
-        LogFormat::Json => builder.json().with_current_span(false).try_init().is_ok(),
+        LogFormat::Json => registry
+            .with(
+                fmt::layer()
+                    .json()
+                    .with_current_span(false)
+                    .with_writer(writer)
+                    .with_filter(env_filter())
+                    .with_filter(capped(caps)),
+            )
+            .try_init()
+            .is_ok(),
     }
 }
 
-/// `RUST_LOG`'s filter (default `info`) with `directives` added; invalid ones are skipped.
-fn env_filter(directives: &[&str]) -> EnvFilter {
-    let filter = EnvFilter::builder()
+/// `RUST_LOG`'s filter, default `info`; invalid directives are skipped.
+fn env_filter() -> EnvFilter {
+    EnvFilter::builder()
         .with_default_directive(LevelFilter::INFO.into())
-        .from_env_lossy();
-    with_directives(filter, directives)
+        .from_env_lossy()
 }
 
-fn with_directives(mut filter: EnvFilter, directives: &[&str]) -> EnvFilter {
-    for directive in directives {
-        match directive.parse() {
-            Ok(directive) => filter = filter.add_directive(directive),
-            Err(error) => eprintln!("ignoring the log filter directive `{directive}`: {error}"),
-        }
-    }
-    filter
+/// A filter letting through what every one of `caps` allows.
+fn capped(caps: &'static [LevelCap]) -> FilterFn<impl Fn(&Metadata<'_>) -> bool> {
+    filter_fn(move |metadata| caps.iter().all(|cap| cap.allows(metadata)))
 }
 
 #[cfg(test)]
 mod tests {
-    use tracing_subscriber::layer::SubscriberExt;
+    use std::sync::{Arc, Mutex};
 
     use super::*;
 
-    /// Whether `filter` lets events of target `pulsar::connection` through at trace level (where
-    /// pulsar-rs logs the frames it sends) and at debug level.
-    fn pulsar_connection_levels(filter: EnvFilter) -> (bool, bool) {
-        let subscriber = tracing_subscriber::registry().with(filter);
+    const HIDE_FRAMES: &[LevelCap] = &[LevelCap {
+        target: "pulsar::connection",
+        max: Level::DEBUG,
+    }];
+
+    /// Which of trace, debug and warn events of `target` a subscriber filtered by `rust_log` and
+    /// `caps` writes out.
+    fn levels(rust_log: &str, caps: &'static [LevelCap], target: &str) -> [bool; 3] {
+        let written = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let sink = written.clone();
+        let subscriber = tracing_subscriber::registry().with(
+            fmt::layer()
+                .with_ansi(false)
+                .with_writer(move || Written(sink.clone()))
+                .with_filter(EnvFilter::new(rust_log))
+                .with_filter(capped(caps)),
+        );
         tracing::subscriber::with_default(subscriber, || {
-            (
-                tracing::enabled!(target: "pulsar::connection", tracing::Level::TRACE),
-                tracing::enabled!(target: "pulsar::connection", tracing::Level::DEBUG),
-            )
-        })
+            // Event targets must be literals: dispatch on the two this test asks about.
+            match target {
+                "pulsar::connection" => {
+                    tracing::trace!(target: "pulsar::connection", "at-trace");
+                    tracing::debug!(target: "pulsar::connection", "at-debug");
+                    tracing::warn!(target: "pulsar::connection", "at-warn");
+                }
+                "pulsar::consumer" => {
+                    tracing::trace!(target: "pulsar::consumer", "at-trace");
+                    tracing::debug!(target: "pulsar::consumer", "at-debug");
+                    tracing::warn!(target: "pulsar::consumer", "at-warn");
+                }
+                other => panic!("no probe for {other}"),
+            }
+        });
+        let written = String::from_utf8(written.lock().expect("lock").clone()).expect("utf-8");
+        ["at-trace", "at-debug", "at-warn"].map(|marker| written.contains(marker))
+    }
+
+    /// A writer appending to a shared buffer.
+    struct Written(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Written {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
     }
 
     #[test]
-    fn added_directives_win_over_rust_log_for_their_target() {
-        let hiding = ["pulsar::connection=debug"];
+    fn a_cap_lowers_what_rust_log_raises_for_its_target() {
         for rust_log in ["trace", "pulsar=trace", "pulsar::connection=trace"] {
-            let filter = with_directives(EnvFilter::new(rust_log), &hiding);
             assert_eq!(
-                pulsar_connection_levels(filter),
-                (false, true),
+                levels(rust_log, HIDE_FRAMES, "pulsar::connection"),
+                [false, true, true],
                 "RUST_LOG={rust_log}"
             );
         }
-        let unfiltered = EnvFilter::new("pulsar::connection=trace");
-        assert_eq!(pulsar_connection_levels(unfiltered), (true, true));
+        assert_eq!(
+            levels("pulsar::connection=trace", &[], "pulsar::connection"),
+            [true, true, true]
+        );
+    }
+
+    #[test]
+    fn a_cap_never_raises_what_rust_log_keeps_quiet() {
+        assert_eq!(
+            levels("warn", HIDE_FRAMES, "pulsar::connection"),
+            [false, false, true]
+        );
+        assert_eq!(
+            levels("off", HIDE_FRAMES, "pulsar::connection"),
+            [false, false, false]
+        );
+    }
+
+    #[test]
+    fn a_cap_leaves_other_targets_alone() {
+        assert_eq!(
+            levels("trace", HIDE_FRAMES, "pulsar::consumer"),
+            [true, true, true]
+        );
     }
 
     #[test]

@@ -42,7 +42,7 @@
 //! | `--mqtt-password` | `MQTT_PASSWORD` | none | needs `--mqtt-username`; never printed |
 //! | `--mqtt-client-id-prefix` | `MQTT_CLIENT_ID_PREFIX` | `wr-` | prefix of every MQTT client id |
 //!
-//! With `--backend pulsar` the log filter always holds `pulsar::connection` at `debug` or above,
+//! With `--backend pulsar` nothing of target `pulsar::connection` is logged at trace level,
 //! whatever `RUST_LOG` says, because pulsar-rs logs its frames, token included, at trace level.
 //!
 //! `worker tasks` prints every task's effective configuration and exits. A bad flag, file or task
@@ -87,7 +87,7 @@ pub use config_file::{apply_overrides, ConfigFileError, ConfigProblem};
 pub use error::CliError;
 pub use extras::RunExtras;
 pub use listing::describe_tasks;
-pub use logging::LogFormat;
+pub use logging::{LevelCap, LogFormat};
 pub use prepare::prepare_tasks;
 
 use crate::auth::Hs256Verifier;
@@ -117,7 +117,7 @@ fn load_verifier(cli: &Cli) -> Result<Option<Arc<dyn TokenVerifier>>, CliError> 
 /// the tasks, serves metrics, connects the broker and runs until a shutdown signal (or the
 /// `extras` token). Returns once the worker stopped gracefully.
 pub async fn run_with(cli: Cli, mut extras: RunExtras) -> anyhow::Result<()> {
-    logging::init_with_directives(cli.log_format, cli.backend.log_directives());
+    logging::init_with_caps(cli.log_format, cli.backend.log_caps());
     let tasks = extras.tasks.take().unwrap_or_else(crate::registered_tasks);
     let tasks = prepare_tasks(&cli, tasks)?;
     match &cli.command {

@@ -7,6 +7,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use worker_core::{props, DeadLetterReason, Delivery, Message, Topic};
 
 use crate::credits::{ChargeKey, RefundOutcome};
+use crate::metrics::SharedStore;
 use crate::middleware::dead_letter::{
     dead_letter_message, sanitize_error, DeadLetter, MAX_DLQ_ERROR_LEN,
 };
@@ -125,12 +126,14 @@ pub(crate) async fn settle(
                 },
             );
             publish_confirmed(env, &env.config.dlq_topic, copy, "dead-letter copy").await;
-            env.acks.ack(delivery.id);
-            env.metrics.dead_lettered(reason);
-            Counters::add(&env.counters.dead_lettered, 1);
+            // Refund before the ack: a worker dying between the two leaves the message to be
+            // delivered again, dead-lettered again and refunded then, never charged for good.
             if reason != DeadLetterReason::InsufficientCredits {
                 refund(env, &message_id).await;
             }
+            env.acks.ack(delivery.id);
+            env.metrics.dead_lettered(reason);
+            Counters::add(&env.counters.dead_lettered, 1);
         }
         Verdict::GiveBack { after, error } => {
             if !after.is_zero() {
@@ -175,8 +178,10 @@ async fn publish_confirmed(env: &TaskEnv, topic: &Topic, message: Message, what:
     }
 }
 
-/// Returns a dead-lettered message's credits. Idempotent in the ledger, so safe to call for
-/// messages that were never charged.
+/// Returns a dead-lettered message's credits, trying again until the ledger answers. Idempotent
+/// in the ledger, so safe to call for messages that were never charged. The delivery stays
+/// unacked meanwhile; if the worker stops first, shutdown cancels this and the delivery is given
+/// back, to be refunded when it is dead-lettered again.
 async fn refund(env: &TaskEnv, message_id: &str) {
     let (Some(_), Some(ledger)) = (&env.config.credits, &env.shared.ledger) else {
         return;
@@ -185,13 +190,20 @@ async fn refund(env: &TaskEnv, message_id: &str) {
         task: env.task.to_owned(),
         message_id: message_id.to_owned(),
     };
-    match ledger.refund(&key).await {
-        Ok(RefundOutcome::Refunded(amount)) => {
-            tracing::info!(task = env.task, message_id, amount, "credits refunded");
-        }
-        Ok(RefundOutcome::NothingToRefund) => {}
-        Err(error) => {
-            tracing::error!(task = env.task, message_id, %error, "refunding credits failed")
+    let mut wait = PUBLISH_RETRY_FIRST;
+    loop {
+        match ledger.refund(&key).await {
+            Ok(RefundOutcome::Refunded(amount)) => {
+                tracing::info!(task = env.task, message_id, amount, "credits refunded");
+                return;
+            }
+            Ok(RefundOutcome::NothingToRefund) => return,
+            Err(error) => {
+                env.metrics.store_error(SharedStore::Credits);
+                tracing::error!(task = env.task, message_id, %error, ?wait, "refunding credits failed; trying again");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(PUBLISH_RETRY_MAX);
+            }
         }
     }
 }

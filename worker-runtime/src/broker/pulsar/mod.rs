@@ -20,7 +20,7 @@
 //! ([`PulsarOptions::listener`] makes `connect` fail), the broker's redelivery count
 //! ([`worker_core::Delivery::redelivery_count`] is always 0), and skipping TLS certificate checks.
 //! pulsar-rs logs the frames it sends at trace level, token included: keep the `pulsar` target
-//! at `debug` or above ([`LOG_FILTER_HIDING_TOKENS`]) when a token is used.
+//! ([`LOG_TARGET_WITH_TOKENS`]) at `debug` or above when a token is used.
 
 mod acks;
 mod admin;
@@ -45,7 +45,7 @@ use worker_core::{
 
 pub use options::{
     Batching, Compression, PulsarOptions, PulsarOptionsError, Token, DEFAULT_URL, ENV_API_KEY,
-    ENV_HOST, ENV_LISTENER, ENV_TLS_CA_FILE, FRAME_HEADROOM, LOG_FILTER_HIDING_TOKENS,
+    ENV_HOST, ENV_LISTENER, ENV_TLS_CA_FILE, FRAME_HEADROOM, LOG_TARGET_WITH_TOKENS,
 };
 pub use subscription::PulsarSubscription;
 

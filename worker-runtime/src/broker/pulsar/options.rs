@@ -19,10 +19,11 @@ pub const ENV_ADMIN_URL: &str = "PULSAR_ADMIN_URL";
 /// The service URL used when none is given.
 pub const DEFAULT_URL: &str = "pulsar://localhost:6650";
 
-/// A `tracing-subscriber` filter directive that keeps pulsar-rs from logging the frames it sends,
-/// which at trace level include the authentication token of the `CONNECT` command. Add it to the
-/// `EnvFilter` of any process that uses [`super::PulsarBroker`] with a token.
-pub const LOG_FILTER_HIDING_TOKENS: &str = "pulsar::connection=debug";
+/// The log target under which pulsar-rs logs the frames it sends at trace level, the
+/// authentication token of the `CONNECT` command included. A process that uses
+/// [`super::PulsarBroker`] with a token must never let this target's trace events through; the
+/// worker binary caps it at debug whatever `RUST_LOG` says.
+pub const LOG_TARGET_WITH_TOKENS: &str = "pulsar::connection";
 
 /// Room kept in a message frame for its command, metadata, properties and key when declaring
 /// the payload limit.

@@ -15,6 +15,7 @@ use clap::{Args, ValueEnum};
 use worker_core::Broker;
 
 use super::error::CliError;
+use super::logging::LevelCap;
 use crate::broker::MemoryBroker;
 
 pub use mqtt::MqttArgs;
@@ -45,11 +46,11 @@ pub struct BackendArgs {
 }
 
 impl BackendArgs {
-    /// Log filter directives the chosen backend needs so that no secret reaches the logs (for
-    /// Pulsar: pulsar-rs logs the frames it sends, token included, at trace level).
-    pub fn log_directives(&self) -> &'static [&'static str] {
+    /// The log caps the chosen backend needs so that no secret reaches the logs (for Pulsar:
+    /// pulsar-rs logs the frames it sends, token included, at trace level).
+    pub fn log_caps(&self) -> &'static [LevelCap] {
         match self.backend {
-            BackendKind::Pulsar => pulsar::LOG_DIRECTIVES,
+            BackendKind::Pulsar => pulsar::LOG_CAPS,
             BackendKind::Memory | BackendKind::Valkey | BackendKind::Mqtt => &[],
         }
     }

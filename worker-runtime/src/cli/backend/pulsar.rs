@@ -9,7 +9,7 @@ use worker_core::Broker;
 
 use super::super::args::{positive_duration, secret_value};
 use crate::auth::Secret;
-use crate::cli::CliError;
+use crate::cli::{CliError, LevelCap};
 
 /// How to reach a Pulsar cluster and how to produce to it.
 #[derive(Args, Clone, Debug)]
@@ -90,6 +90,17 @@ pub struct PulsarArgs {
     )]
     pub connection_timeout: Duration,
 
+    /// How long acks wait to be sent together (they go out at once when many are waiting).
+    #[arg(
+        id = "pulsar_ack_group_time",
+        long = "pulsar-ack-group-time",
+        env = "PULSAR_ACK_GROUP_TIME",
+        default_value = "100ms",
+        value_name = "DURATION",
+        value_parser = positive_duration
+    )]
+    pub ack_group_time: Duration,
+
     /// Batch produced messages (those without a key and without a delivery time).
     #[arg(
         id = "pulsar_batching",
@@ -146,12 +157,15 @@ pub enum PulsarCompression {
     Zstd,
 }
 
-/// Filter directives that keep the token out of the logs (see `LOG_FILTER_HIDING_TOKENS`).
+/// Log caps that keep the token out of the logs (see `LOG_TARGET_WITH_TOKENS`).
 #[cfg(feature = "pulsar")]
-pub(super) const LOG_DIRECTIVES: &[&str] = &[crate::broker::pulsar::LOG_FILTER_HIDING_TOKENS];
+pub(super) const LOG_CAPS: &[LevelCap] = &[LevelCap {
+    target: crate::broker::pulsar::LOG_TARGET_WITH_TOKENS,
+    max: tracing::Level::DEBUG,
+}];
 /// Without the backend there is no Pulsar client to log anything.
 #[cfg(not(feature = "pulsar"))]
-pub(super) const LOG_DIRECTIVES: &[&str] = &[];
+pub(super) const LOG_CAPS: &[LevelCap] = &[];
 
 #[cfg(feature = "pulsar")]
 impl PulsarArgs {
@@ -173,6 +187,7 @@ impl PulsarArgs {
             .map(super::secret_text)
             .filter(|token| !token.is_empty())
             .map(Token::new);
+        options.ack_group_time = self.ack_group_time;
         options.listener = self.listener.clone().filter(|name| !name.is_empty());
         options.admin_url = self
             .admin_url

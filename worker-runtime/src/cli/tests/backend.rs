@@ -348,10 +348,13 @@ async fn a_pulsar_listener_is_a_clear_start_up_error() {
         "{message}"
     );
     assert!(message.contains("--pulsar-host"), "{message}");
+    let caps = cli.backend.log_caps();
+    assert_eq!(caps.len(), 1);
     assert_eq!(
-        cli.backend.log_directives(),
-        [crate::broker::pulsar::LOG_FILTER_HIDING_TOKENS]
+        caps[0].target,
+        crate::broker::pulsar::LOG_TARGET_WITH_TOKENS
     );
+    assert_eq!(caps[0].max, tracing::Level::DEBUG);
 }
 
 #[cfg(feature = "valkey")]
@@ -368,7 +371,7 @@ fn valkey_flags_become_backend_options() {
     assert_eq!(options.url, "redis://:pw@cache:6379");
     assert_eq!(options.visibility_timeout, Duration::from_secs(5));
     assert_eq!(options.tls_ca_file, None);
-    assert!(cli.backend.log_directives().is_empty());
+    assert!(cli.backend.log_caps().is_empty());
 }
 
 #[cfg(feature = "valkey")]

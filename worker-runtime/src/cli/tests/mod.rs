@@ -152,6 +152,7 @@ fn every_flag_has_its_documented_variable() {
         ("mqtt-password", "MQTT_PASSWORD"),
         ("mqtt-port", "MQTT_PORT"),
         ("mqtt-username", "MQTT_USERNAME"),
+        ("pulsar-ack-group-time", "PULSAR_ACK_GROUP_TIME"),
         ("pulsar-admin-url", "PULSAR_ADMIN_URL"),
         ("pulsar-api-key", "PULSAR_API_KEY"),
         ("pulsar-batch-delay", "PULSAR_BATCH_DELAY"),
