@@ -630,3 +630,160 @@ fn a_message_runs_once_whether_published_twice_or_redelivered_after_a_crash() {
     );
     assert_eq!(crashed, 1);
 }
+
+// ---------------------------------------------------------------------------------------------
+// A ledger that goes away
+
+/// Counts the runs of `ledger_outage_task`, by stable id.
+static OUTAGE_RUNS: std::sync::Mutex<BTreeMap<String, u32>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+#[worker_runtime::pulsar_db_task(
+    topic = "q1/test/shared/outage",
+    credit_type = "outage_credits",
+    credit_amount = 1,
+    retry_delay = "200ms"
+)]
+async fn ledger_outage_task(
+    _event: serde_json::Value,
+    ctx: worker_runtime::TaskContext,
+) -> Result<(), worker_runtime::TaskError> {
+    let mut runs = OUTAGE_RUNS.lock().unwrap_or_else(|e| e.into_inner());
+    *runs.entry(ctx.message_id().to_owned()).or_default() += 1;
+    Ok(())
+}
+
+/// Runs a worker charging on the ledger at `url` while `outage` takes the store away for two
+/// seconds and brings it back: messages wait (given back, no attempt used), nothing runs
+/// uncharged, nothing is charged twice, and `worker_store_errors_total` says so.
+async fn messages_wait_for_the_ledger(url: &str, name: &str, mut outage: impl FnMut(bool)) {
+    const MESSAGES: u64 = 300;
+    OUTAGE_RUNS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
+    let ledger = credits::connect(url).await.expect("ledger");
+    ledger
+        .grant("alice", "outage_credits", 1_000)
+        .await
+        .expect("grant");
+    let broker = Arc::new(worker_runtime::broker::MemoryBroker::new());
+    let metrics = worker_runtime::metrics::Metrics::new(name);
+    let worker = worker_runtime::worker::Worker::builder()
+        .broker(broker.clone())
+        .task(ledger_outage_task::task())
+        .credit_ledger(ledger.clone())
+        .verifier(Arc::new(worker_runtime::auth::Hs256Verifier::new(
+            Secret::new(KEY.to_vec()),
+        )))
+        .metrics(metrics.clone())
+        .consumer_name(name)
+        .build()
+        .expect("worker");
+    let stop = worker_runtime::worker::CancellationToken::new();
+    let running = tokio::spawn(worker.run(stop.clone()));
+    let token = token();
+    let runs = || OUTAGE_RUNS.lock().unwrap_or_else(|e| e.into_inner()).len() as u64;
+    // Messages keep coming, 100 a second, while the store goes away and comes back.
+    let publisher = tokio::spawn({
+        let (broker, name) = (broker.clone(), name.to_owned());
+        async move {
+            for seq in 0..MESSAGES {
+                let id = format!("{name}-{seq}");
+                publish(
+                    &*broker,
+                    "q1/test/shared/outage",
+                    seq,
+                    false,
+                    &id,
+                    Some(&token),
+                )
+                .await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    outage(true);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    outage(false);
+    publisher.await.expect("published");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while runs() < MESSAGES && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    let report = running.await.expect("joined").expect("worker ran");
+    let report = report.task("ledger_outage_task").expect("report").clone();
+    let text = metrics.encode();
+    let store_errors = metric_sum(&text, "worker_store_errors_total", &["store=\"credits\""]);
+    let balance = ledger
+        .balance("alice", "outage_credits")
+        .await
+        .expect("balance");
+    let more_than_once = OUTAGE_RUNS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .filter(|&&n| n > 1)
+        .count();
+    println!(
+        "{name}: the ledger away for 2 s: {} messages ran, {} given back, {store_errors} store errors, \
+         {} dead-lettered, balance {balance} of 1000",
+        runs(),
+        report.nacked,
+        report.dead_lettered
+    );
+    assert_eq!(
+        runs(),
+        MESSAGES,
+        "{name}: every message ran once the ledger was back"
+    );
+    assert_eq!(more_than_once, 0, "{name}: no message ran twice");
+    assert_eq!(
+        balance,
+        1_000 - MESSAGES,
+        "{name}: each message charged exactly once"
+    );
+    assert_eq!(
+        report.dead_lettered, 0,
+        "{name}: an unreachable ledger is no reason for the DLQ"
+    );
+    assert!(
+        report.nacked > 0,
+        "{name}: messages were given back while the ledger was away"
+    );
+    assert!(
+        store_errors >= 1.0,
+        "{name}: worker_store_errors_total counted the outage"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_wait_while_the_ledger_is_away_and_are_charged_once_after() {
+    if let Some(mut redis) = RedisServer::start() {
+        let url = redis.url();
+        messages_wait_for_the_ledger(&url, "valkey-outage", |down| {
+            if down {
+                redis.kill()
+            } else {
+                redis.restart()
+            }
+        })
+        .await;
+    }
+    if let Some(mut postgres) = tokio::task::spawn_blocking(Postgres::start)
+        .await
+        .expect("start")
+    {
+        let url = postgres.url();
+        messages_wait_for_the_ledger(&url, "postgres-outage", |down| {
+            if down {
+                postgres.kill()
+            } else {
+                postgres.restart()
+            }
+        })
+        .await;
+    }
+}

@@ -52,6 +52,78 @@ CREATE TABLE wr_handled (
 );
 CREATE INDEX wr_handled_by_expiry ON wr_handled (expires_at);
 "#,
+    // 3: a charge and a refund each in one statement, so one round trip and one commit.
+    r#"
+CREATE FUNCTION wr_credit_charge(
+    p_task text, p_message_id text, p_principal text, p_credit_type text, p_amount bigint,
+    OUT outcome text, OUT available bigint
+) LANGUAGE plpgsql AS $$
+DECLARE
+    inserted boolean;
+    refunded boolean;
+BEGIN
+    -- The unique key decides: a charge already there (or being made by another worker, which
+    -- this insert then waits for) is not made again.
+    INSERT INTO wr_credit_charges (task, message_id, principal, credit_type, amount, charged_at)
+    VALUES (p_task, p_message_id, p_principal, p_credit_type, p_amount, now())
+    ON CONFLICT (task, message_id) DO NOTHING;
+    inserted := FOUND;
+    IF NOT inserted THEN
+        SELECT refunded_at IS NOT NULL INTO refunded FROM wr_credit_charges
+        WHERE task = p_task AND message_id = p_message_id FOR UPDATE;
+        IF NOT refunded THEN
+            outcome := 'already_charged';
+            RETURN;
+        END IF;
+    END IF;
+    UPDATE wr_credit_balances SET balance = balance - p_amount
+    WHERE principal = p_principal AND credit_type = p_credit_type AND balance >= p_amount;
+    IF NOT FOUND THEN
+        IF inserted THEN
+            DELETE FROM wr_credit_charges WHERE task = p_task AND message_id = p_message_id;
+        END IF;
+        SELECT balance INTO available FROM wr_credit_balances
+        WHERE principal = p_principal AND credit_type = p_credit_type;
+        outcome := 'insufficient';
+        available := coalesce(available, 0);
+        RETURN;
+    END IF;
+    IF NOT inserted THEN
+        -- Refunded (dead-lettered), now replayed: charged again.
+        UPDATE wr_credit_charges
+        SET principal = p_principal, credit_type = p_credit_type, amount = p_amount,
+            charged_at = now(), refunded_at = NULL
+        WHERE task = p_task AND message_id = p_message_id;
+    END IF;
+    INSERT INTO wr_credit_events (principal, credit_type, kind, amount, task, message_id)
+    VALUES (p_principal, p_credit_type, 'charge', p_amount, p_task, p_message_id);
+    outcome := 'charged';
+END;
+$$;
+
+CREATE FUNCTION wr_credit_refund(p_task text, p_message_id text) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_principal text;
+    v_credit_type text;
+    v_amount bigint;
+BEGIN
+    UPDATE wr_credit_charges SET refunded_at = now()
+    WHERE task = p_task AND message_id = p_message_id AND refunded_at IS NULL
+    RETURNING principal, credit_type, amount INTO v_principal, v_credit_type, v_amount;
+    IF NOT FOUND THEN
+        RETURN 0;
+    END IF;
+    INSERT INTO wr_credit_balances (principal, credit_type, balance)
+    VALUES (v_principal, v_credit_type, v_amount)
+    ON CONFLICT (principal, credit_type)
+    DO UPDATE SET balance = wr_credit_balances.balance + v_amount;
+    INSERT INTO wr_credit_events (principal, credit_type, kind, amount, task, message_id)
+    VALUES (v_principal, v_credit_type, 'refund', v_amount, p_task, p_message_id);
+    RETURN v_amount;
+END;
+$$;
+"#,
 ];
 
 /// The advisory lock that serialises migrations between workers starting at once.
@@ -91,7 +163,7 @@ impl Pool {
         let (client, connection) = tokio::time::timeout(self.timeout, connecting)
             .await
             .map_err(|_| "connect: timed out".to_owned())?
-            .map_err(|e| format!("connect: {e}"))?;
+            .map_err(|e| format!("connect: {}", explain(&e)))?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "postgres connection ended");
@@ -126,7 +198,7 @@ impl Pool {
                 if !client.is_closed() {
                     self.idle.lock().await.push(client);
                 }
-                Err(format!("{what}: {error}"))
+                Err(format!("{what}: {}", explain(&error)))
             }
             Err(_) => Err(format!("{what}: timed out")),
         }
@@ -135,7 +207,7 @@ impl Pool {
 
 /// Applies the migrations `client`'s database lacks, in one transaction, under the lock.
 async fn migrate(client: &mut Client) -> Result<(), String> {
-    let failed = |e: tokio_postgres::Error| format!("migrate: {e}");
+    let failed = |e: tokio_postgres::Error| format!("migrate: {}", explain(&e));
     let transaction = client.transaction().await.map_err(failed)?;
     transaction
         .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
@@ -171,7 +243,7 @@ async fn migrate(client: &mut Client) -> Result<(), String> {
         transaction
             .batch_execute(sql)
             .await
-            .map_err(|e| format!("migration {version}: {e}"))?;
+            .map_err(|e| format!("migration {version}: {}", explain(&e)))?;
         transaction
             .execute(
                 "INSERT INTO wr_schema_migrations (version) VALUES ($1)",
@@ -182,6 +254,19 @@ async fn migrate(client: &mut Client) -> Result<(), String> {
         tracing::info!(version, "postgres schema migrated");
     }
     transaction.commit().await.map_err(failed)
+}
+
+/// The error with what the server said, if it said anything: tokio-postgres shows a server's
+/// error as a bare "db error", and keeps the message (which never holds the password) in its
+/// source.
+pub(crate) fn explain(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
+        None => match std::error::Error::source(error) {
+            Some(source) => format!("{error}: {source}"),
+            None => error.to_string(),
+        },
+    }
 }
 
 impl std::fmt::Debug for Pool {

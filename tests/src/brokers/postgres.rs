@@ -5,12 +5,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use super::{free_port, require, which, BrokerProcess};
 
 /// A PostgreSQL server child process. Stopped on drop.
 pub struct Postgres {
     process: BrokerProcess,
+    bin: PathBuf,
 }
 
 /// The folder of PostgreSQL's programs: on `PATH`, or Debian's versioned folder.
@@ -109,7 +111,9 @@ impl Postgres {
             ],
         );
         let process = BrokerProcess::start("postgres", &program, args, port, dir);
-        Some(Postgres { process })
+        let postgres = Postgres { process, bin };
+        postgres.wait_until_accepting();
+        Some(postgres)
     }
 
     /// `postgres://postgres@127.0.0.1:<port>/postgres`.
@@ -128,5 +132,33 @@ impl Postgres {
     /// Starts it again on the same port and data.
     pub fn restart(&mut self) {
         self.process.restart();
+        self.wait_until_accepting();
+    }
+
+    /// Waits until the server accepts sessions: its port opens while it still answers "the
+    /// database system is starting up".
+    fn wait_until_accepting(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = Command::new(self.bin.join("pg_isready"))
+                .args([
+                    "-q",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &self.process.port().to_string(),
+                ])
+                .stdin(Stdio::null())
+                .status()
+                .is_ok_and(|status| status.success());
+            if ready {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "postgres did not accept sessions within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }

@@ -1,10 +1,13 @@
 //! A [`CreditLedger`] in PostgreSQL: a charge is a row of `wr_credit_charges`, unique per task and
 //! stable message id, inserted in the same transaction that takes the amount from
-//! `wr_credit_balances` (whose `CHECK (balance >= 0)` no transaction can break). Two workers
+//! `wr_credit_balances` (whose `CHECK (balance >= 0)` no transaction can break). A charge and a
+//! refund are each one call of a function of the schema (`wr_credit_charge`, `wr_credit_refund`):
+//! one round trip and one commit per message. Two workers
 //! charging one message at once meet at the unique key: the second waits for the first and takes
 //! nothing. `wr_credit_events` keeps every charge, refund and grant, for an operator's listing.
 //! The schema is applied at [`PostgresCreditLedger::connect`] (see [`crate::postgres`]).
 
+use tokio_postgres::types::Type;
 use worker_core::BoxFuture;
 
 use super::{ChargeKey, ChargeOutcome, CreditError, CreditEvent, CreditLedger, RefundOutcome};
@@ -53,76 +56,42 @@ impl CreditLedger for PostgresCreditLedger {
     ) -> BoxFuture<'a, Result<ChargeOutcome, CreditError>> {
         let (principal, credit_type, key) =
             (principal.to_owned(), credit_type.to_owned(), key.clone());
-        Box::pin(self.with_client("charge", move |client| {
-            Box::pin(async move {
-                let amount = signed(amount);
-                let tx = client.transaction().await?;
-                // The unique key decides: a charge already there (or being made by another
-                // worker, which we then wait for) is not made again.
-                let inserted = tx
-                    .execute(
-                        "INSERT INTO wr_credit_charges
-                             (task, message_id, principal, credit_type, amount, charged_at)
-                         VALUES ($1, $2, $3, $4, $5, now())
-                         ON CONFLICT (task, message_id) DO NOTHING",
-                        &[&key.task, &key.message_id, &principal, &credit_type, &amount],
-                    )
-                    .await?;
-                if inserted == 0 {
-                    let refunded: bool = tx
-                        .query_one(
-                            "SELECT refunded_at IS NOT NULL FROM wr_credit_charges
-                             WHERE task = $1 AND message_id = $2 FOR UPDATE",
-                            &[&key.task, &key.message_id],
-                        )
-                        .await?
-                        .get(0);
-                    if !refunded {
-                        tx.commit().await?;
-                        return Ok(ChargeOutcome::AlreadyCharged);
-                    }
-                    // Refunded (dead-lettered), now replayed: charged again.
-                    tx.execute(
-                        "UPDATE wr_credit_charges
-                         SET principal = $3, credit_type = $4, amount = $5,
-                             charged_at = now(), refunded_at = NULL
-                         WHERE task = $1 AND message_id = $2",
-                        &[&key.task, &key.message_id, &principal, &credit_type, &amount],
-                    )
-                    .await?;
-                }
-                let taken = tx
-                    .execute(
-                        "UPDATE wr_credit_balances SET balance = balance - $3
-                         WHERE principal = $1 AND credit_type = $2 AND balance >= $3",
-                        &[&principal, &credit_type, &amount],
-                    )
-                    .await?;
-                if taken == 0 {
-                    let available: Option<i64> = tx
-                        .query_opt(
-                            "SELECT balance FROM wr_credit_balances
-                             WHERE principal = $1 AND credit_type = $2",
-                            &[&principal, &credit_type],
-                        )
-                        .await?
-                        .map(|row| row.get(0));
-                    // The charge row goes with the rollback.
-                    tx.rollback().await?;
-                    return Ok(ChargeOutcome::Insufficient {
-                        available: available.map_or(0, |b| u64::try_from(b).unwrap_or(0)),
-                    });
-                }
-                tx.execute(
-                    "INSERT INTO wr_credit_events (principal, credit_type, kind, amount, task, message_id)
-                     VALUES ($1, $2, 'charge', $3, $4, $5)",
-                    &[&principal, &credit_type, &amount, &key.task, &key.message_id],
-                )
-                .await?;
-                tx.commit().await?;
-                Ok(ChargeOutcome::Charged)
-            })
-        }))
+        Box::pin(async move {
+            let (outcome, available) = self
+                .with_client("charge", move |client| {
+                    Box::pin(async move {
+                        // One statement (migration 3), typed so that no prepare round trip
+                        // comes first.
+                        let rows = client
+                            .query_typed(
+                                "SELECT outcome, available FROM wr_credit_charge($1, $2, $3, $4, $5)",
+                                &[
+                                    (&key.task, Type::TEXT),
+                                    (&key.message_id, Type::TEXT),
+                                    (&principal, Type::TEXT),
+                                    (&credit_type, Type::TEXT),
+                                    (&signed(amount), Type::INT8),
+                                ],
+                            )
+                            .await?;
+                        Ok(rows.first().map(|row| {
+                            (row.get::<_, Option<String>>(0), row.get::<_, Option<i64>>(1))
+                        }))
+                    })
+                })
+                .await?
+                .unwrap_or_default();
+            match outcome.as_deref() {
+                Some("charged") => Ok(ChargeOutcome::Charged),
+                Some("already_charged") => Ok(ChargeOutcome::AlreadyCharged),
+                Some("insufficient") => Ok(ChargeOutcome::Insufficient {
+                    available: available.map_or(0, |b| u64::try_from(b).unwrap_or(0)),
+                }),
+                other => Err(CreditError(format!(
+                    "postgres: charge: wr_credit_charge answered {other:?}"
+                ))),
+            }
+        })
     }
 
     fn refund<'a>(
@@ -132,37 +101,17 @@ impl CreditLedger for PostgresCreditLedger {
         let key = key.clone();
         Box::pin(self.with_client("refund", move |client| {
             Box::pin(async move {
-                let tx = client.transaction().await?;
-                let charged = tx
-                    .query_opt(
-                        "UPDATE wr_credit_charges SET refunded_at = now()
-                         WHERE task = $1 AND message_id = $2 AND refunded_at IS NULL
-                         RETURNING principal, credit_type, amount",
-                        &[&key.task, &key.message_id],
+                let rows = client
+                    .query_typed(
+                        "SELECT wr_credit_refund($1, $2)",
+                        &[(&key.task, Type::TEXT), (&key.message_id, Type::TEXT)],
                     )
                     .await?;
-                let Some(row) = charged else {
-                    tx.commit().await?;
-                    return Ok(RefundOutcome::NothingToRefund);
-                };
-                let (principal, credit_type, amount): (String, String, i64) =
-                    (row.get(0), row.get(1), row.get(2));
-                tx.execute(
-                    "INSERT INTO wr_credit_balances (principal, credit_type, balance)
-                     VALUES ($1, $2, $3)
-                     ON CONFLICT (principal, credit_type)
-                     DO UPDATE SET balance = wr_credit_balances.balance + $3",
-                    &[&principal, &credit_type, &amount],
-                )
-                .await?;
-                tx.execute(
-                    "INSERT INTO wr_credit_events (principal, credit_type, kind, amount, task, message_id)
-                     VALUES ($1, $2, 'refund', $3, $4, $5)",
-                    &[&principal, &credit_type, &amount, &key.task, &key.message_id],
-                )
-                .await?;
-                tx.commit().await?;
-                Ok(RefundOutcome::Refunded(u64::try_from(amount).unwrap_or(0)))
+                let amount: i64 = rows.first().map_or(0, |row| row.get(0));
+                Ok(match u64::try_from(amount) {
+                    Ok(0) | Err(_) => RefundOutcome::NothingToRefund,
+                    Ok(amount) => RefundOutcome::Refunded(amount),
+                })
             })
         }))
     }

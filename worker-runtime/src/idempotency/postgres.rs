@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use tokio_postgres::types::Type;
 use worker_core::BoxFuture;
 
 use super::{IdempotencyError, IdempotencyStore};
@@ -34,14 +35,15 @@ impl IdempotencyStore for PostgresIdempotencyStore {
             self.pool
                 .with_client("seen", move |client| {
                     Box::pin(async move {
-                        let row = client
-                            .query_opt(
+                        // Typed, so that no prepare round trip comes first.
+                        let rows = client
+                            .query_typed(
                                 "SELECT 1 FROM wr_handled
                                  WHERE task = $1 AND message_id = $2 AND expires_at > now()",
-                                &[&task, &message_id],
+                                &[(&task, Type::TEXT), (&message_id, Type::TEXT)],
                             )
                             .await?;
-                        Ok(row.is_some())
+                        Ok(!rows.is_empty())
                     })
                 })
                 .await
@@ -62,12 +64,16 @@ impl IdempotencyStore for PostgresIdempotencyStore {
                 .with_client("record", move |client| {
                     Box::pin(async move {
                         client
-                            .execute(
+                            .query_typed(
                                 "INSERT INTO wr_handled (task, message_id, expires_at)
-                                 VALUES ($1, $2, now() + $3::float8 * interval '1 millisecond')
+                                 VALUES ($1, $2, now() + $3 * interval '1 millisecond')
                                  ON CONFLICT (task, message_id)
                                  DO UPDATE SET expires_at = EXCLUDED.expires_at",
-                                &[&task, &message_id, &millis],
+                                &[
+                                    (&task, Type::TEXT),
+                                    (&message_id, Type::TEXT),
+                                    (&millis, Type::FLOAT8),
+                                ],
                             )
                             .await?;
                         // Sweep a few expired rows now and then, bounded so it stays cheap.
