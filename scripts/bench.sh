@@ -5,12 +5,15 @@
 #      middleware off and all on;
 #   2. the framework against a raw client loop of the same crate on each real backend (a private
 #      redis-server, mosquitto and Apache Pulsar standalone JVM on free loopback ports, started by
-#      the bench itself; Pulsar needs Java and Maven, see scripts/pulsar-standalone).
+#      the bench itself; Pulsar needs Java and Maven, see scripts/pulsar-standalone);
+#   3. the bridge against raw loops moving the same messages (redis-server and Pulsar);
+#   4. the shared state (credit ledgers, the global rate limit, idempotency records on Valkey and
+#      PostgreSQL) against the in-memory counterparts.
 #
 # Usage: scripts/bench.sh [output-dir]       (default: target/bench-results)
 # The BENCH_* variables of tests/benches/framework_vs_raw/main.rs pass through, e.g.
 #   BENCH_BACKENDS=valkey BENCH_RUNS=5 scripts/bench.sh
-# Set SKIP_MEMORY=1 or SKIP_BACKENDS=1 to leave one part out.
+# Set SKIP_MEMORY=1, SKIP_BACKENDS=1, SKIP_BRIDGE=1 or SKIP_STATE=1 to leave a part out.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -27,4 +30,14 @@ if [[ "${SKIP_BACKENDS:-0}" != 1 ]]; then
     echo "== framework vs raw on valkey, mqtt and pulsar -> $out/backends-$stamp.txt"
     # The table goes to stdout, per-run progress to stderr; keep both.
     cargo bench -p integration-tests --bench framework_vs_raw 2>&1 | tee "$out/backends-$stamp.txt"
+fi
+
+if [[ "${SKIP_BRIDGE:-0}" != 1 ]]; then
+    echo "== bridge vs raw loops -> $out/bridge-$stamp.txt"
+    cargo bench -p integration-tests --bench bridge_forwarding 2>&1 | tee "$out/bridge-$stamp.txt"
+fi
+
+if [[ "${SKIP_STATE:-0}" != 1 ]]; then
+    echo "== shared state vs in memory -> $out/shared-state-$stamp.txt"
+    cargo bench -p integration-tests --bench shared_state_cost 2>&1 | tee "$out/shared-state-$stamp.txt"
 fi

@@ -23,7 +23,7 @@ pub mod idempotency;
 pub mod metrics;
 pub mod middleware;
 #[cfg(feature = "postgres")]
-mod postgres;
+pub mod postgres;
 pub mod prelude;
 mod task;
 pub mod worker;

@@ -4,7 +4,7 @@
 //! A route reads a [`Source`] and writes a [`Target`]:
 //! - sources: a topic's subscription on any backend, a plain list of JSON messages on Valkey
 //!   (`LPUSH`/`BRPOP` queues, read with the reliable-queue pattern), or a Celery queue on Valkey;
-//! - targets: a topic on any backend (a [`FanoutBroker`](crate::broker::fanout::FanoutBroker)
+//! - targets: a topic on any backend (a [`FanoutBroker`]
 //!   among them, for hybrid publish), a plain list, or calls of a Celery task.
 //!
 //! Guarantees (see [`route`]): at least once, pipelined publishes, back-pressure instead of loss

@@ -53,7 +53,7 @@ pub struct Cli {
     pub metrics_addr: MetricsAddr,
 
     /// A TOML file overriding task settings ([tasks.NAME] tables with the same keys as the task
-    /// attributes) and holding the bridge's routes ([bridge]).
+    /// attributes) and holding the bridge's routes (`[bridge]`).
     #[arg(long, env = "WORKER_CONFIG", value_name = "PATH", global = true)]
     pub config: Option<PathBuf>,
 

@@ -10,7 +10,7 @@
 //! | flag | environment | default | |
 //! |---|---|---|---|
 //! | `--backend` | `PUBSUB_BACKEND` | `memory` | `memory`, `pulsar`, `valkey` or `mqtt` (the last three behind cargo features) |
-//! | `--consumer-name` | `WORKER_CONSUMER_NAME` | `{hostname}-{pid}` | unique per worker process |
+//! | `--consumer-name` | `WORKER_CONSUMER_NAME` | `{hostname}-{n}` | unique per running copy, the same across its restarts ([`default_consumer_name`]) |
 //! | `--tasks` | `WORKER_TASKS` | every task | comma-separated subset to run |
 //! | `--metrics-addr` | `WORKER_METRICS_ADDR` | `0.0.0.0:9090` | `/metrics`, `/healthz`, `/readyz`; `off` disables |
 //! | `--config` | `WORKER_CONFIG` | none | TOML overrides of task settings, see [`config_file`] |
@@ -18,6 +18,10 @@
 //! | `--jwt-secret` | `WORKER_JWT_SECRET` | none | HS256 key verifying senders' tokens; never printed |
 //! | `--jwt-secret-file` | `WORKER_JWT_SECRET_FILE` | none | the same key read from a file |
 //! | `--shutdown-grace` | `WORKER_SHUTDOWN_GRACE` | `30s` | time work in flight may take after SIGINT/SIGTERM |
+//! | `--backlog-interval` | `WORKER_BACKLOG_INTERVAL` | `15s` | how often each task's backlog is read from the broker |
+//! | `--credits-url` | `WORKER_CREDITS_URL` | none | the credit ledger every worker shares: `redis://…`, `rediss://…` or `postgres://…` |
+//! | `--rate-limit-url` | `WORKER_RATE_LIMIT_URL` | none | the Valkey holding `rate_limit_scope = "global"` limits |
+//! | `--idempotency-url` | `WORKER_IDEMPOTENCY_URL` | each worker's memory | where `idempotency_window` tasks record handled messages |
 //!
 //! Each backend's own flags ([`BackendArgs`]); durations are written `"500ms"`, `"30s"`, `"2m"`:
 //!
@@ -27,8 +31,10 @@
 //! | `--pulsar-api-key` | `PULSAR_API_KEY` | none | token (JWT) authentication; never printed |
 //! | `--pulsar-listener` | `PULSAR_LISTENER` | none | not supported by the client: a start-up error |
 //! | `--pulsar-tls-ca-file` | `PULSAR_TLS_CA_FILE` | none | PEM certificate authorities to trust |
+//! | `--pulsar-admin-url` | `PULSAR_ADMIN_URL` | none | the admin REST API, read for the backlog gauge |
 //! | `--pulsar-operation-timeout` | `PULSAR_OPERATION_TIMEOUT` | `30s` | one request to the broker |
 //! | `--pulsar-connection-timeout` | `PULSAR_CONNECTION_TIMEOUT` | `10s` | opening one connection |
+//! | `--pulsar-ack-group-time` | `PULSAR_ACK_GROUP_TIME` | `100ms` | how long acks wait to be sent together |
 //! | `--pulsar-batching` | `PULSAR_BATCHING` | off | batch produced messages without key or delay |
 //! | `--pulsar-batch-size` | `PULSAR_BATCH_SIZE` | `100` | messages per batch (at least 2) |
 //! | `--pulsar-batch-delay` | `PULSAR_BATCH_DELAY` | `5ms` | how long a batch may wait to fill |
@@ -45,7 +51,10 @@
 //! With `--backend pulsar` nothing of target `pulsar::connection` is logged at trace level,
 //! whatever `RUST_LOG` says, because pulsar-rs logs its frames, token included, at trace level.
 //!
-//! `worker tasks` prints every task's effective configuration and exits. A bad flag, file or task
+//! Subcommands: `worker tasks` prints every task's effective configuration and exits; `worker dlq
+//! TASK [--replay]` lists or replays a task's dead letters; `worker credits grant|balance|history`
+//! operates the ledger of `--credits-url`; `worker bridge [replay]` forwards along the routes of
+//! the `[bridge]` section of `--config`. A bad flag, file or task
 //! setting stops the binary at start with a message naming it. SIGINT or SIGTERM stops taking
 //! messages and lets work in flight finish within the grace period, then the process exits with
 //! status 0; a second signal exits at once with status 130.

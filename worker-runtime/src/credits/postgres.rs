@@ -13,7 +13,10 @@ use worker_core::BoxFuture;
 use super::{ChargeKey, ChargeOutcome, CreditError, CreditEvent, CreditLedger, RefundOutcome};
 use crate::postgres::Pool;
 
-/// Balances and charges in PostgreSQL. See the [module docs](self).
+/// Balances and charges in PostgreSQL (tables `wr_credit_balances`, `wr_credit_charges`,
+/// `wr_credit_events`): a charge is a row unique per task and stable message id, written in the
+/// transaction that takes the amount from a balance that cannot go below zero; a charge and a
+/// refund are one call each of a function of the schema ([`crate::postgres::MIGRATIONS`]).
 pub struct PostgresCreditLedger {
     pool: Pool,
 }

@@ -91,7 +91,11 @@ return balance
 const BALANCE_PREFIX: &str = "wr:credits:balance:";
 const HISTORY_PREFIX: &str = "wr:credits:history:";
 
-/// Balances and charges in Valkey. See the [module docs](self).
+/// Balances and charges in Valkey (or Redis), changed only by Lua scripts: a charge is checked and
+/// taken atomically whichever worker runs it. Keys: `wr:credits:balance:{principal}:{credit_type}`,
+/// `wr:credits:charge:{task}:{message_id}` (kept [`Self::with_record_ttl`], 30 days) and
+/// `wr:credits:history:{principal}` (the latest 1,000 events). Needs a single server or primary,
+/// not a cluster.
 #[derive(Clone)]
 pub struct ValkeyCreditLedger {
     connection: ConnectionManager,

@@ -17,7 +17,10 @@ use std::sync::OnceLock;
 /// How many slots are tried before the process id is used instead.
 const MAX_SLOTS: u32 = 1024;
 
-/// `{hostname}-{slot}`, computed once per process. See the [module docs](self).
+/// `{hostname}-{slot}`, computed once per process: the slot is the lowest number no other running
+/// copy of the same program on this host holds (an advisory file lock the kernel releases when the
+/// process ends), so a restarted worker gets its predecessor's name and copies side by side get
+/// distinct ones.
 ///
 /// When no slot can be locked (no writable runtime directory), the name falls back to
 /// `{hostname}-p{pid}` with a warning: unique, but not stable across restarts.

@@ -4,7 +4,7 @@
 //!
 //! A received message without [`props::MESSAGE_ID`] (from a producer other than this framework)
 //! gets one derived from its content, since MQTT gives a stored message no identity of its own
-//! (packet ids are reused): see [`content_id`].
+//! (packet ids are reused): see `content_id`.
 
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};

@@ -14,7 +14,7 @@
 //!   well as to `wr-reply-to` if it names one. The handler sees them as the properties
 //!   `wr-mqtt-response-topic` and `wr-mqtt-correlation-data` (hex).
 //! - A message without `wr-message-id` gets a stable id derived from its content
-//!   ([`codec::content_id`]), since MQTT gives a stored message no identity of its own.
+//!   (a SHA-256 of its topic, payload and properties), since MQTT gives a stored message no identity of its own.
 //!
 //! # Guarantees, and what MQTT cannot keep
 //!

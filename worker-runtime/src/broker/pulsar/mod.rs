@@ -44,8 +44,8 @@ use worker_core::{
 };
 
 pub use options::{
-    Batching, Compression, PulsarOptions, PulsarOptionsError, Token, DEFAULT_URL, ENV_API_KEY,
-    ENV_HOST, ENV_LISTENER, ENV_TLS_CA_FILE, FRAME_HEADROOM, LOG_TARGET_WITH_TOKENS,
+    Batching, Compression, PulsarOptions, PulsarOptionsError, Token, DEFAULT_URL, ENV_ADMIN_URL,
+    ENV_API_KEY, ENV_HOST, ENV_LISTENER, ENV_TLS_CA_FILE, FRAME_HEADROOM, LOG_TARGET_WITH_TOKENS,
 };
 pub use subscription::PulsarSubscription;
 
