@@ -29,8 +29,9 @@ const KEY: &[u8] = b"shared-state-test-key-32-bytes!!";
 // The ledgers themselves
 
 async fn exercise_ledger(ledger: Arc<dyn CreditLedger>, name: &str) {
-    let key = |id: &str| ChargeKey {
+    let key = |who: &str, id: &str| ChargeKey {
         task: "t".into(),
+        principal: who.into(),
         message_id: id.into(),
     };
     assert_eq!(
@@ -40,14 +41,14 @@ async fn exercise_ledger(ledger: Arc<dyn CreditLedger>, name: &str) {
     );
     assert_eq!(
         ledger
-            .charge("alice", "c", 3, &key("m1"))
+            .charge(&key("alice", "m1"), "c", 3)
             .await
             .expect("charge"),
         ChargeOutcome::Charged
     );
     assert_eq!(
         ledger
-            .charge("alice", "c", 3, &key("m1"))
+            .charge(&key("alice", "m1"), "c", 3)
             .await
             .expect("charge"),
         ChargeOutcome::AlreadyCharged,
@@ -55,17 +56,17 @@ async fn exercise_ledger(ledger: Arc<dyn CreditLedger>, name: &str) {
     );
     assert_eq!(ledger.balance("alice", "c").await.expect("balance"), 7);
     assert_eq!(
-        ledger.refund(&key("m1")).await.expect("refund"),
+        ledger.refund(&key("alice", "m1")).await.expect("refund"),
         RefundOutcome::Refunded(3)
     );
     assert_eq!(
-        ledger.refund(&key("m1")).await.expect("refund"),
+        ledger.refund(&key("alice", "m1")).await.expect("refund"),
         RefundOutcome::NothingToRefund,
         "{name}: refunded once"
     );
     assert_eq!(
         ledger
-            .charge("alice", "c", 3, &key("m1"))
+            .charge(&key("alice", "m1"), "c", 3)
             .await
             .expect("charge"),
         ChargeOutcome::Charged,
@@ -73,14 +74,14 @@ async fn exercise_ledger(ledger: Arc<dyn CreditLedger>, name: &str) {
     );
     assert_eq!(
         ledger
-            .charge("alice", "c", 8, &key("m2"))
+            .charge(&key("alice", "m2"), "c", 8)
             .await
             .expect("charge"),
         ChargeOutcome::Insufficient { available: 7 },
         "{name}"
     );
     assert_eq!(
-        ledger.refund(&key("m2")).await.expect("refund"),
+        ledger.refund(&key("alice", "m2")).await.expect("refund"),
         RefundOutcome::NothingToRefund,
         "{name}: an insufficient charge took nothing to refund"
     );
@@ -90,7 +91,7 @@ async fn exercise_ledger(ledger: Arc<dyn CreditLedger>, name: &str) {
     let same: Vec<_> = (0..50)
         .map(|_| {
             let ledger = ledger.clone();
-            tokio::spawn(async move { ledger.charge("bob", "c", 5, &key("same")).await })
+            tokio::spawn(async move { ledger.charge(&key("bob", "same"), "c", 5).await })
         })
         .collect();
     let mut charged = 0;
@@ -103,7 +104,7 @@ async fn exercise_ledger(ledger: Arc<dyn CreditLedger>, name: &str) {
     let many: Vec<_> = (0..50)
         .map(|n| {
             let ledger = ledger.clone();
-            tokio::spawn(async move { ledger.charge("bob", "c", 7, &key(&format!("k{n}"))).await })
+            tokio::spawn(async move { ledger.charge(&key("bob", &format!("k{n}")), "c", 7).await })
         })
         .collect();
     let mut taken = 0;
@@ -116,6 +117,50 @@ async fn exercise_ledger(ledger: Arc<dyn CreditLedger>, name: &str) {
     assert_eq!(
         ledger.balance("bob", "c").await.expect("balance"),
         95 - 7 * taken
+    );
+
+    // A key is the task, the principal and the id: another sender reusing alice's id pays for
+    // its own charge, and its refund leaves hers standing.
+    ledger.grant("mallory", "c", 10).await.expect("grant");
+    assert_eq!(
+        ledger
+            .charge(&key("mallory", "m1"), "c", 3)
+            .await
+            .expect("charge"),
+        ChargeOutcome::Charged,
+        "{name}: no riding on another's charge"
+    );
+    assert_eq!(
+        ledger.refund(&key("mallory", "m1")).await.expect("refund"),
+        RefundOutcome::Refunded(3)
+    );
+    assert_eq!(
+        ledger.balance("alice", "c").await.expect("balance"),
+        7,
+        "{name}: alice's charge of m1 stands"
+    );
+    // Names holding the key separator make no other's key.
+    let (colon_a, colon_b) = (
+        ChargeKey {
+            task: "a:b".into(),
+            principal: "p".into(),
+            message_id: "c".into(),
+        },
+        ChargeKey {
+            task: "a".into(),
+            principal: "p".into(),
+            message_id: "b:c".into(),
+        },
+    );
+    ledger.grant("p", "c", 2).await.expect("grant");
+    assert_eq!(
+        ledger.charge(&colon_a, "c", 1).await.expect("charge"),
+        ChargeOutcome::Charged
+    );
+    assert_eq!(
+        ledger.charge(&colon_b, "c", 1).await.expect("charge"),
+        ChargeOutcome::Charged,
+        "{name}: `a:b`/`c` and `a`/`b:c` are two keys"
     );
 
     let history = ledger.history("alice", 10).await.expect("history");
@@ -421,7 +466,7 @@ fn charge_records(
     let mut kept = 0;
     let mut refunded = 0;
     let keys = redis
-        .cli(&["--scan", "--pattern", "wr:credits:charge:charge_event:*"])
+        .cli(&["--scan", "--pattern", "wr:credits:charge:12:charge_event:*"])
         .unwrap_or_default();
     for key in keys.lines().filter(|k| !k.is_empty()) {
         match redis

@@ -12,8 +12,8 @@ use worker_runtime::auth::{Hs256Signer, Hs256Verifier, Secret};
 use worker_runtime::broker::MemoryBroker;
 use worker_runtime::credits::{CreditLedger, MemoryCreditLedger};
 use worker_runtime::prelude::*;
-use worker_runtime::props;
 use worker_runtime::worker::Worker;
+use worker_runtime::{props, Broker, Message, Topic};
 
 const KEY: &[u8] = b"test-signing-key-of-32-bytes-min!";
 
@@ -310,4 +310,87 @@ async fn credits_are_charged_once_when_a_worker_dies_and_the_message_is_redelive
         27,
         "charged once"
     );
+}
+
+static FORGED_CALLS: AtomicU32 = AtomicU32::new(0);
+
+#[pulsar_db_task(
+    topic = "q1/test/credits/forged",
+    permission_roles = ["db_writer"],
+    credit_type = "db_credits",
+    credit_amount = 5,
+    max_retries = 0
+)]
+async fn forged_target(r: Record) -> Result<(), TaskError> {
+    FORGED_CALLS.fetch_add(1, Ordering::SeqCst);
+    if r.always_fail {
+        return Err(TaskError::permanent("refused"));
+    }
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn copies_reusing_a_charged_id_neither_ride_on_nor_refund_its_charge() {
+    let broker = Arc::new(MemoryBroker::new());
+    let ledger = Arc::new(MemoryCreditLedger::new());
+    ledger.set_balance("alice", "db_credits", 100);
+    ledger.set_balance("mallory", "db_credits", 100);
+    let topic = Topic::parse("q1/test/credits/forged").expect("topic");
+    let publish = |payload: &str, token: Option<String>| {
+        let broker = broker.clone();
+        let topic = topic.clone();
+        let mut message =
+            Message::new(payload.to_owned()).with_property(props::MESSAGE_ID, "order-10");
+        if let Some(token) = token {
+            message = message.with_property(props::AUTH_TOKEN, token);
+        }
+        async move { broker.publish(&topic, message).await.expect("publish") }
+    };
+    let worker = worker_for(&broker, &ledger, forged_target::task());
+    // Alice's message runs and is charged.
+    publish(r#"{"id": 10}"#, Some(token("alice", &["db_writer"]))).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(FORGED_CALLS.load(Ordering::SeqCst), 1);
+    // Copies under the same stable id: undecodable, without a token, and from another sender
+    // whose copy fails for good. Each is dead-lettered.
+    publish("not json", Some(token("alice", &["db_writer"]))).await;
+    publish(r#"{"id": 10}"#, None).await;
+    publish(
+        r#"{"id": 10, "always_fail": true}"#,
+        Some(token("mallory", &["db_writer"])),
+    )
+    .await;
+    let dead = read_topic(
+        &*broker,
+        "q1/test/credits/forged-dlq",
+        3,
+        Duration::from_secs(30),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let report = worker.stop().await;
+
+    let mut reasons: Vec<&str> = dead
+        .iter()
+        .filter_map(|d| d.property(props::DLQ_REASON))
+        .collect();
+    reasons.sort_unstable();
+    assert_eq!(reasons, ["decode_error", "forbidden", "permanent_error"]);
+    assert_eq!(
+        FORGED_CALLS.load(Ordering::SeqCst),
+        2,
+        "alice's message, and mallory's copy, which paid for its own run"
+    );
+    assert_eq!(
+        ledger.current_balance("alice", "db_credits"),
+        95,
+        "alice's charge stands: no dead-lettered copy refunded it"
+    );
+    assert_eq!(
+        ledger.current_balance("mallory", "db_credits"),
+        100,
+        "mallory was charged for her copy and refunded when it was dead-lettered"
+    );
+    let task = report.task("forged_target").expect("report");
+    assert_eq!((task.succeeded, task.dead_lettered), (1, 3));
 }

@@ -199,6 +199,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_RECEIVER_QUEUE_SIZE: usize = 1000;
 /// The default payload limit, Pulsar's default maximum message size.
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 5 * 1024 * 1024;
+/// The longest `idempotency_window`: records are kept no longer than a year (and a day).
+pub const MAX_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(366 * 24 * 60 * 60);
 
 impl TaskConfig {
     /// A configuration with every default: dlq `{topic}-dlq`, subscription = name, no rate limit,
@@ -342,8 +344,18 @@ impl TaskConfig {
                 "has no effect without `rate_limit`, the limit all workers share".into(),
             );
         }
-        if self.idempotency_window.is_some_and(|w| w.is_zero()) {
-            fail("idempotency_window", "must be longer than zero".into());
+        if let Some(window) = self.idempotency_window {
+            if window.is_zero() {
+                fail("idempotency_window", "must be longer than zero".into());
+            } else if window > MAX_IDEMPOTENCY_WINDOW {
+                fail(
+                    "idempotency_window",
+                    format!(
+                        "must be at most 366 days, got {}",
+                        crate::duration::format_duration(window)
+                    ),
+                );
+            }
         }
         if self.kind == TaskKind::Io
             && (!self.permission_roles.is_empty() || self.credits.is_some())
@@ -445,6 +457,23 @@ mod tests {
                 "timeout"
             ]
         );
+    }
+
+    #[test]
+    fn an_idempotency_window_is_bounded() {
+        let mut c = config();
+        c.idempotency_window = Some(MAX_IDEMPOTENCY_WINDOW);
+        assert!(c.validate().is_ok());
+        c.idempotency_window = Some(Duration::from_secs(u64::MAX));
+        let errors = c.validate().unwrap_err();
+        assert_eq!(errors[0].key, "idempotency_window");
+        assert!(
+            errors[0].to_string().contains("at most 366 days"),
+            "{}",
+            errors[0]
+        );
+        c.idempotency_window = Some(Duration::ZERO);
+        assert_eq!(c.validate().unwrap_err()[0].key, "idempotency_window");
     }
 
     #[test]

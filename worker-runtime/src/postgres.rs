@@ -28,8 +28,9 @@ CREATE TABLE wr_credit_charges (
     amount      bigint      NOT NULL CHECK (amount > 0),
     charged_at  timestamptz NOT NULL,
     refunded_at timestamptz,
-    PRIMARY KEY (task, message_id)
+    PRIMARY KEY (task, principal, message_id)
 );
+CREATE INDEX wr_credit_charges_by_time ON wr_credit_charges (charged_at);
 CREATE TABLE wr_credit_events (
     id          bigserial   PRIMARY KEY,
     principal   text        NOT NULL,
@@ -66,11 +67,16 @@ BEGIN
     -- this insert then waits for) is not made again.
     INSERT INTO wr_credit_charges (task, message_id, principal, credit_type, amount, charged_at)
     VALUES (p_task, p_message_id, p_principal, p_credit_type, p_amount, now())
-    ON CONFLICT (task, message_id) DO NOTHING;
+    ON CONFLICT (task, principal, message_id) DO NOTHING;
     inserted := FOUND;
     IF NOT inserted THEN
         SELECT refunded_at IS NOT NULL INTO refunded FROM wr_credit_charges
-        WHERE task = p_task AND message_id = p_message_id FOR UPDATE;
+        WHERE task = p_task AND principal = p_principal AND message_id = p_message_id
+        FOR UPDATE;
+        IF NOT FOUND THEN
+            -- Deleted between the insert and this read: the caller tries again.
+            RAISE EXCEPTION 'the charge record of % vanished while charging', p_message_id;
+        END IF;
         IF NOT refunded THEN
             outcome := 'already_charged';
             RETURN;
@@ -80,7 +86,8 @@ BEGIN
     WHERE principal = p_principal AND credit_type = p_credit_type AND balance >= p_amount;
     IF NOT FOUND THEN
         IF inserted THEN
-            DELETE FROM wr_credit_charges WHERE task = p_task AND message_id = p_message_id;
+            DELETE FROM wr_credit_charges
+            WHERE task = p_task AND principal = p_principal AND message_id = p_message_id;
         END IF;
         SELECT balance INTO available FROM wr_credit_balances
         WHERE principal = p_principal AND credit_type = p_credit_type;
@@ -91,9 +98,8 @@ BEGIN
     IF NOT inserted THEN
         -- Refunded (dead-lettered), now replayed: charged again.
         UPDATE wr_credit_charges
-        SET principal = p_principal, credit_type = p_credit_type, amount = p_amount,
-            charged_at = now(), refunded_at = NULL
-        WHERE task = p_task AND message_id = p_message_id;
+        SET credit_type = p_credit_type, amount = p_amount, charged_at = now(), refunded_at = NULL
+        WHERE task = p_task AND principal = p_principal AND message_id = p_message_id;
     END IF;
     INSERT INTO wr_credit_events (principal, credit_type, kind, amount, task, message_id)
     VALUES (p_principal, p_credit_type, 'charge', p_amount, p_task, p_message_id);
@@ -101,15 +107,16 @@ BEGIN
 END;
 $$;
 
-CREATE FUNCTION wr_credit_refund(p_task text, p_message_id text) RETURNS bigint
-LANGUAGE plpgsql AS $$
+CREATE FUNCTION wr_credit_refund(p_task text, p_principal text, p_message_id text)
+RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     v_principal text;
     v_credit_type text;
     v_amount bigint;
 BEGIN
     UPDATE wr_credit_charges SET refunded_at = now()
-    WHERE task = p_task AND message_id = p_message_id AND refunded_at IS NULL
+    WHERE task = p_task AND principal = p_principal AND message_id = p_message_id
+      AND refunded_at IS NULL
     RETURNING principal, credit_type, amount INTO v_principal, v_credit_type, v_amount;
     IF NOT FOUND THEN
         RETURN 0;

@@ -18,8 +18,8 @@ pub const DEFAULT_MAX_CHARGE_RECORDS: usize = 1_000_000;
 /// Balances and charge records in memory, behind one lock taken once per call.
 ///
 /// A charge is remembered by its [`ChargeKey`] so that charging the same key again takes nothing
-/// ([`ChargeOutcome::AlreadyCharged`], whatever principal or amount the repeat names) and a refund
-/// returns exactly what was charged, to whom it was charged. A charge the balance cannot cover
+/// ([`ChargeOutcome::AlreadyCharged`], whatever amount the repeat names) and a refund returns
+/// exactly what was charged, to the principal of the key. A charge the balance cannot cover
 /// takes nothing and is not remembered. A refund
 /// forgets the charge: the same key can be charged again afterwards, which is what a message
 /// replayed from the dead-letter queue should cost.
@@ -48,7 +48,6 @@ struct State {
 }
 
 struct ChargeRecord {
-    principal: String,
     credit_type: String,
     amount: u64,
     sequence: u64,
@@ -125,13 +124,8 @@ impl MemoryCreditLedger {
         state.charges.len()
     }
 
-    fn charge_now(
-        &self,
-        principal: &str,
-        credit_type: &str,
-        amount: u64,
-        key: &ChargeKey,
-    ) -> ChargeOutcome {
+    fn charge_now(&self, key: &ChargeKey, credit_type: &str, amount: u64) -> ChargeOutcome {
+        let principal = key.principal.as_str();
         let now = Instant::now();
         let mut state = self.state.lock();
         self.evict(&mut state, now);
@@ -150,7 +144,6 @@ impl MemoryCreditLedger {
         state.charges.insert(
             key,
             ChargeRecord {
-                principal: principal.to_owned(),
                 credit_type: credit_type.to_owned(),
                 amount,
                 sequence,
@@ -169,7 +162,7 @@ impl MemoryCreditLedger {
             return RefundOutcome::NothingToRefund;
         };
         state.order.remove(&record.sequence);
-        let balance = state.balance_mut(record.principal, record.credit_type);
+        let balance = state.balance_mut(key.principal.clone(), record.credit_type);
         *balance = balance.saturating_add(record.amount);
         RefundOutcome::Refunded(record.amount)
     }
@@ -235,13 +228,12 @@ impl fmt::Debug for MemoryCreditLedger {
 impl CreditLedger for MemoryCreditLedger {
     fn charge<'a>(
         &'a self,
-        principal: &'a str,
+        key: &'a ChargeKey,
         credit_type: &'a str,
         amount: u64,
-        key: &'a ChargeKey,
     ) -> BoxFuture<'a, Result<ChargeOutcome, CreditError>> {
         // The work happens when the future is polled, not when it is created.
-        Box::pin(async move { Ok(self.charge_now(principal, credit_type, amount, key)) })
+        Box::pin(async move { Ok(self.charge_now(key, credit_type, amount)) })
     }
 
     fn refund<'a>(
@@ -275,9 +267,10 @@ mod tests {
 
     const DB: &str = "db_credits";
 
-    fn key(message_id: &str) -> ChargeKey {
+    fn key(who: &str, message_id: &str) -> ChargeKey {
         ChargeKey {
             task: "write_records".into(),
+            principal: who.into(),
             message_id: message_id.into(),
         }
     }
@@ -288,11 +281,12 @@ mod tests {
         amount: u64,
         id: &str,
     ) -> ChargeOutcome {
-        ledger.charge(who, DB, amount, &key(id)).await.unwrap()
+        ledger.charge(&key(who, id), DB, amount).await.unwrap()
     }
 
+    /// Refunds alice's charge of `id`.
     async fn refund(ledger: &MemoryCreditLedger, id: &str) -> RefundOutcome {
-        ledger.refund(&key(id)).await.unwrap()
+        ledger.refund(&key("alice", id)).await.unwrap()
     }
 
     async fn balance(ledger: &MemoryCreditLedger, who: &str) -> u64 {
@@ -320,13 +314,35 @@ mod tests {
         );
         let other_task = ChargeKey {
             task: "other".into(),
-            message_id: "m1".into(),
+            ..key("alice", "m1")
         };
         assert_eq!(
-            ledger.charge("alice", DB, 2, &other_task).await.unwrap(),
+            ledger.charge(&other_task, DB, 2).await.unwrap(),
             ChargeOutcome::Charged
         );
         assert_eq!(balance(&ledger, "alice").await, 4);
+    }
+
+    #[tokio::test]
+    async fn another_sender_reusing_an_id_pays_its_own_charge_and_refunds_only_it() {
+        let ledger = MemoryCreditLedger::new()
+            .with_balance("alice", DB, 10)
+            .with_balance("mallory", DB, 10);
+        assert_eq!(
+            charge(&ledger, "alice", 3, "m1").await,
+            ChargeOutcome::Charged
+        );
+        assert_eq!(
+            charge(&ledger, "mallory", 3, "m1").await,
+            ChargeOutcome::Charged,
+            "no riding on alice's charge"
+        );
+        assert_eq!(
+            ledger.refund(&key("mallory", "m1")).await.unwrap(),
+            RefundOutcome::Refunded(3)
+        );
+        assert_eq!(balance(&ledger, "alice").await, 7, "alice's charge stands");
+        assert_eq!(balance(&ledger, "mallory").await, 10);
     }
 
     #[tokio::test]
@@ -351,7 +367,7 @@ mod tests {
             ChargeOutcome::Insufficient { available: 0 }
         );
         assert_eq!(
-            ledger.charge("bob", "other", 1, &key("m3")).await.unwrap(),
+            ledger.charge(&key("bob", "m3"), "other", 1).await.unwrap(),
             ChargeOutcome::Insufficient { available: 0 }
         );
     }
@@ -371,7 +387,7 @@ mod tests {
         let ledger = MemoryCreditLedger::new()
             .with_balance("alice", DB, 10)
             .with_balance("alice", "cpu", 10);
-        ledger.charge("alice", "cpu", 4, &key("m1")).await.unwrap();
+        ledger.charge(&key("alice", "m1"), "cpu", 4).await.unwrap();
         assert_eq!(refund(&ledger, "m1").await, RefundOutcome::Refunded(4));
         assert_eq!(ledger.current_balance("alice", "cpu"), 10);
         assert_eq!(ledger.current_balance("alice", DB), 10);
@@ -448,8 +464,8 @@ mod tests {
     #[tokio::test]
     async fn a_future_that_is_never_polled_charges_nothing() {
         let ledger = MemoryCreditLedger::new().with_balance("alice", DB, 10);
-        let k = key("m1");
-        drop(ledger.charge("alice", DB, 5, &k));
+        let k = key("alice", "m1");
+        drop(ledger.charge(&k, DB, 5));
         assert_eq!(balance(&ledger, "alice").await, 10);
     }
 

@@ -2,8 +2,10 @@
 //! durable ones every worker of a deployment shares: [`ValkeyCreditLedger`] (feature `valkey`) and
 //! [`PostgresCreditLedger`] (feature `postgres`). [`connect`] picks one by URL.
 //!
-//! A charge is keyed by the task and the message's stable id, so a redelivered or retried message is
-//! charged once; a refund returns exactly what that key was charged, once.
+//! A charge is keyed by the task, the principal and the message's stable id, so a redelivered or
+//! retried message is charged once; a refund returns exactly what that key was charged, once. The
+//! principal is part of the key because stable ids come from producers: another sender reusing an
+//! id gets a charge of its own, and can neither ride on nor refund someone else's.
 
 mod memory;
 #[cfg(feature = "postgres")]
@@ -22,11 +24,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use worker_core::BoxFuture;
 
-/// Which message a charge belongs to: the task and the stable message id.
+/// Which charge: the task, the principal charged, and the message's stable id.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ChargeKey {
     /// The task's name.
     pub task: String,
+    /// Who pays: the verified sender (a token's `sub`).
+    pub principal: String,
     /// The stable message id.
     pub message_id: String,
 }
@@ -58,6 +62,11 @@ pub enum RefundOutcome {
 #[derive(Debug, thiserror::Error)]
 #[error("credit ledger: {0}")]
 pub struct CreditError(pub String);
+
+/// How long the durable ledgers keep a charge record by default: a message charged,
+/// dead-lettered and replayed within this time is refunded and charged again exactly once each; a
+/// message redelivered after it is charged again.
+pub const DEFAULT_RECORD_TTL: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 
 /// How many entries of a principal's history the durable ledgers keep (Valkey) or list at most.
 pub const HISTORY_LIMIT: usize = 1000;
@@ -95,13 +104,12 @@ impl CreditEvent {
 
 /// Where credit balances live. Implementations must make `charge` and `refund` idempotent per key.
 pub trait CreditLedger: Send + Sync + 'static {
-    /// Takes `amount` of `credit_type` from `principal`, once per key.
+    /// Takes `amount` of `credit_type` from `key.principal`, once per key.
     fn charge<'a>(
         &'a self,
-        principal: &'a str,
+        key: &'a ChargeKey,
         credit_type: &'a str,
         amount: u64,
-        key: &'a ChargeKey,
     ) -> BoxFuture<'a, Result<ChargeOutcome, CreditError>>;
 
     /// Returns what `key` was charged, once.
@@ -144,7 +152,7 @@ pub trait CreditLedger: Send + Sync + 'static {
 /// `postgres://…` or `postgresql://…` ([`PostgresCreditLedger`], which applies its schema
 /// migrations first).
 pub async fn connect(url: &str) -> Result<Arc<dyn CreditLedger>, CreditError> {
-    let scheme = url.split("://").next().unwrap_or_default();
+    let scheme = url_scheme(url);
     match scheme {
         #[cfg(feature = "valkey")]
         "redis" | "rediss" => Ok(Arc::new(ValkeyCreditLedger::connect(url).await?)),
@@ -159,7 +167,34 @@ pub async fn connect(url: &str) -> Result<Arc<dyn CreditLedger>, CreditError> {
             "a postgres ledger needs the `postgres` feature of worker-runtime".into(),
         )),
         _ => Err(CreditError(format!(
-            "credits url must start with redis://, rediss://, postgres:// or postgresql://, got `{scheme}://…`"
+            "credits url must start with redis://, rediss://, postgres:// or postgresql://, got {}",
+            describe_scheme(scheme)
         ))),
+    }
+}
+
+/// The scheme of `url` (before `://`), or `""` when it has none: never more of the text, which
+/// may hold a password.
+pub(crate) fn url_scheme(url: &str) -> &str {
+    match url.split_once("://") {
+        Some((scheme, _))
+            if !scheme.is_empty()
+                && scheme.len() <= 16
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')) =>
+        {
+            scheme
+        }
+        _ => "",
+    }
+}
+
+/// How an error names the scheme it did not accept.
+pub(crate) fn describe_scheme(scheme: &str) -> String {
+    if scheme.is_empty() {
+        "no `scheme://` at the start".to_owned()
+    } else {
+        format!("`{scheme}://…`")
     }
 }

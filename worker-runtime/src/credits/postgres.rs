@@ -1,24 +1,33 @@
-//! A [`CreditLedger`] in PostgreSQL: a charge is a row of `wr_credit_charges`, unique per task and
-//! stable message id, inserted in the same transaction that takes the amount from
+//! A [`CreditLedger`] in PostgreSQL: a charge is a row of `wr_credit_charges`, unique per task,
+//! principal and stable message id, inserted in the same transaction that takes the amount from
 //! `wr_credit_balances` (whose `CHECK (balance >= 0)` no transaction can break). A charge and a
 //! refund are each one call of a function of the schema (`wr_credit_charge`, `wr_credit_refund`):
-//! one round trip and one commit per message. Two workers
-//! charging one message at once meet at the unique key: the second waits for the first and takes
-//! nothing. `wr_credit_events` keeps every charge, refund and grant, for an operator's listing.
+//! one round trip and one commit per message. Two workers charging one message at once meet at
+//! the unique key: the second waits for the first and takes nothing. Charge records older than
+//! [`PostgresCreditLedger::with_record_ttl`] (30 days) are deleted a few at a time as charges
+//! come in, as the Valkey ledger expires its own. `wr_credit_events` keeps every charge, refund
+//! and grant, for an operator's listing; it is an audit trail and is never pruned by the worker.
 //! The schema is applied at [`PostgresCreditLedger::connect`] (see [`crate::postgres`]).
+
+use std::time::Duration;
 
 use tokio_postgres::types::Type;
 use worker_core::BoxFuture;
 
-use super::{ChargeKey, ChargeOutcome, CreditError, CreditEvent, CreditLedger, RefundOutcome};
+use super::{
+    ChargeKey, ChargeOutcome, CreditError, CreditEvent, CreditLedger, RefundOutcome,
+    DEFAULT_RECORD_TTL,
+};
 use crate::postgres::Pool;
 
 /// Balances and charges in PostgreSQL (tables `wr_credit_balances`, `wr_credit_charges`,
-/// `wr_credit_events`): a charge is a row unique per task and stable message id, written in the
-/// transaction that takes the amount from a balance that cannot go below zero; a charge and a
-/// refund are one call each of a function of the schema ([`crate::postgres::MIGRATIONS`]).
+/// `wr_credit_events`): a charge is a row unique per task, principal and stable message id,
+/// written in the transaction that takes the amount from a balance that cannot go below zero; a
+/// charge and a refund are one call each of a function of the schema
+/// ([`crate::postgres::MIGRATIONS`]).
 pub struct PostgresCreditLedger {
     pool: Pool,
+    record_ttl: Duration,
 }
 
 impl PostgresCreditLedger {
@@ -28,7 +37,18 @@ impl PostgresCreditLedger {
         let pool = Pool::connect(url)
             .await
             .map_err(|e| CreditError(format!("postgres: {e}")))?;
-        Ok(PostgresCreditLedger { pool })
+        Ok(PostgresCreditLedger {
+            pool,
+            record_ttl: DEFAULT_RECORD_TTL,
+        })
+    }
+
+    /// Keeps charge records this long (at least a minute): a message charged, dead-lettered and
+    /// replayed within this time is refunded and charged again exactly once each; one redelivered
+    /// after it is charged again.
+    pub fn with_record_ttl(mut self, ttl: Duration) -> Self {
+        self.record_ttl = ttl.max(Duration::from_secs(60));
+        self
     }
 
     async fn with_client<T>(
@@ -52,13 +72,12 @@ fn signed(amount: u64) -> i64 {
 impl CreditLedger for PostgresCreditLedger {
     fn charge<'a>(
         &'a self,
-        principal: &'a str,
+        key: &'a ChargeKey,
         credit_type: &'a str,
         amount: u64,
-        key: &'a ChargeKey,
     ) -> BoxFuture<'a, Result<ChargeOutcome, CreditError>> {
-        let (principal, credit_type, key) =
-            (principal.to_owned(), credit_type.to_owned(), key.clone());
+        let (credit_type, key) = (credit_type.to_owned(), key.clone());
+        let ttl_ms = self.record_ttl.as_secs_f64() * 1000.0;
         Box::pin(async move {
             let (outcome, available) = self
                 .with_client("charge", move |client| {
@@ -71,12 +90,24 @@ impl CreditLedger for PostgresCreditLedger {
                                 &[
                                     (&key.task, Type::TEXT),
                                     (&key.message_id, Type::TEXT),
-                                    (&principal, Type::TEXT),
+                                    (&key.principal, Type::TEXT),
                                     (&credit_type, Type::TEXT),
                                     (&signed(amount), Type::INT8),
                                 ],
                             )
                             .await?;
+                        // Now and then, delete a bounded batch of records past their time.
+                        if fastrand::u8(..) == 0 {
+                            client
+                                .query_typed(
+                                    "DELETE FROM wr_credit_charges WHERE ctid IN (
+                                         SELECT ctid FROM wr_credit_charges
+                                         WHERE charged_at < now() - $1 * interval '1 millisecond'
+                                         LIMIT 1000)",
+                                    &[(&ttl_ms, Type::FLOAT8)],
+                                )
+                                .await?;
+                        }
                         Ok(rows.first().map(|row| {
                             (row.get::<_, Option<String>>(0), row.get::<_, Option<i64>>(1))
                         }))
@@ -106,8 +137,12 @@ impl CreditLedger for PostgresCreditLedger {
             Box::pin(async move {
                 let rows = client
                     .query_typed(
-                        "SELECT wr_credit_refund($1, $2)",
-                        &[(&key.task, Type::TEXT), (&key.message_id, Type::TEXT)],
+                        "SELECT wr_credit_refund($1, $2, $3)",
+                        &[
+                            (&key.task, Type::TEXT),
+                            (&key.principal, Type::TEXT),
+                            (&key.message_id, Type::TEXT),
+                        ],
                     )
                     .await?;
                 let amount: i64 = rows.first().map_or(0, |row| row.get(0));

@@ -4,9 +4,12 @@
 //!
 //! | key | holds |
 //! |---|---|
-//! | `wr:credits:balance:{principal}:{credit_type}` | the balance, an integer |
-//! | `wr:credits:charge:{task}:{message_id}` | the charge of one message: a hash of `principal`, `credit_type`, `amount`, `state` (`charged` or `refunded`), `at`; kept for [`ValkeyCreditLedger::with_record_ttl`] (30 days) |
+//! | `wr:credits:balance:{len}:{principal}:{credit_type}` | the balance, an integer |
+//! | `wr:credits:charge:{len}:{task}:{len}:{principal}:{message_id}` | the charge of one message: a hash of `principal`, `credit_type`, `amount`, `state` (`charged` or `refunded`), `at` and the keys of the balance and history it touched; kept for [`ValkeyCreditLedger::with_record_ttl`] (30 days) |
 //! | `wr:credits:history:{principal}` | the principal's latest 1,000 charges, refunds and grants, newest first, JSON |
+//!
+//! `{len}` is the byte length of the field after it, so that no task, principal or id holding a
+//! `:` can make the key of another.
 //!
 //! A charge of a key that is `charged` takes nothing; one of a key that was `refunded` (its
 //! message went to the DLQ and was replayed) takes the amount again. The scripts touch keys of
@@ -21,15 +24,12 @@ use redis::Script;
 use worker_core::BoxFuture;
 
 use super::{
-    ChargeKey, ChargeOutcome, CreditError, CreditEvent, CreditLedger, RefundOutcome, HISTORY_LIMIT,
+    ChargeKey, ChargeOutcome, CreditError, CreditEvent, CreditLedger, RefundOutcome,
+    DEFAULT_RECORD_TTL, HISTORY_LIMIT,
 };
 
-/// How long a charge record is kept by default: a message charged, dead-lettered and replayed
-/// within this time is refunded and charged again exactly once each.
-pub const DEFAULT_RECORD_TTL: Duration = Duration::from_secs(30 * 24 * 60 * 60);
-
 /// KEYS: charge record, balance, history. ARGV: principal, credit type, amount, now (ms), record
-/// TTL (ms), task, message id. Returns `{outcome, balance}`.
+/// TTL (ms), task, message id, history length. Returns `{outcome, balance}`.
 static CHARGE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -43,7 +43,7 @@ if balance < amount then
 end
 balance = redis.call('DECRBY', KEYS[2], amount)
 redis.call('HSET', KEYS[1], 'principal', ARGV[1], 'credit_type', ARGV[2], 'amount', amount,
-  'state', 'charged', 'at', ARGV[4])
+  'state', 'charged', 'at', ARGV[4], 'balance_key', KEYS[2], 'history_key', KEYS[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('LPUSH', KEYS[3], cjson.encode({kind = 'charge', credit_type = ARGV[2],
   amount = amount, task = ARGV[6], message_id = ARGV[7], at_ms = tonumber(ARGV[4])}))
@@ -53,22 +53,23 @@ return {'charged', balance}
     )
 });
 
-/// KEYS: charge record. ARGV: now (ms), key prefix of balances, of histories, task, message id,
-/// history length. Returns the amount refunded (0 if none).
+/// KEYS: charge record. ARGV: now (ms), task, message id, history length. Returns the amount
+/// refunded (0 if none). The balance and history are the ones the charge touched, as it recorded
+/// them.
 static REFUND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local record = redis.call('HMGET', KEYS[1], 'state', 'principal', 'credit_type', 'amount')
+local record = redis.call('HMGET', KEYS[1], 'state', 'credit_type', 'amount', 'balance_key',
+  'history_key')
 if record[1] ~= 'charged' then
   return 0
 end
-local principal, credit_type, amount = record[2], record[3], tonumber(record[4])
-redis.call('INCRBY', ARGV[2] .. principal .. ':' .. credit_type, amount)
+local credit_type, amount = record[2], tonumber(record[3])
+redis.call('INCRBY', record[4], amount)
 redis.call('HSET', KEYS[1], 'state', 'refunded')
-local history = ARGV[3] .. principal
-redis.call('LPUSH', history, cjson.encode({kind = 'refund', credit_type = credit_type,
-  amount = amount, task = ARGV[4], message_id = ARGV[5], at_ms = tonumber(ARGV[1])}))
-redis.call('LTRIM', history, 0, tonumber(ARGV[6]) - 1)
+redis.call('LPUSH', record[5], cjson.encode({kind = 'refund', credit_type = credit_type,
+  amount = amount, task = ARGV[2], message_id = ARGV[3], at_ms = tonumber(ARGV[1])}))
+redis.call('LTRIM', record[5], 0, tonumber(ARGV[4]) - 1)
 return amount
 "#,
     )
@@ -151,7 +152,23 @@ impl ValkeyCreditLedger {
 }
 
 fn charge_key(key: &ChargeKey) -> String {
-    format!("wr:credits:charge:{}:{}", key.task, key.message_id)
+    let ChargeKey {
+        task,
+        principal,
+        message_id,
+    } = key;
+    format!(
+        "wr:credits:charge:{}:{task}:{}:{principal}:{message_id}",
+        task.len(),
+        principal.len()
+    )
+}
+
+fn balance_key(principal: &str, credit_type: &str) -> String {
+    format!(
+        "{BALANCE_PREFIX}{}:{principal}:{credit_type}",
+        principal.len()
+    )
 }
 
 fn now_ms() -> u64 {
@@ -164,16 +181,16 @@ fn now_ms() -> u64 {
 impl CreditLedger for ValkeyCreditLedger {
     fn charge<'a>(
         &'a self,
-        principal: &'a str,
+        key: &'a ChargeKey,
         credit_type: &'a str,
         amount: u64,
-        key: &'a ChargeKey,
     ) -> BoxFuture<'a, Result<ChargeOutcome, CreditError>> {
         Box::pin(async move {
+            let principal = &key.principal;
             let mut invocation = CHARGE.prepare_invoke();
             invocation
                 .key(charge_key(key))
-                .key(format!("{BALANCE_PREFIX}{principal}:{credit_type}"))
+                .key(balance_key(principal, credit_type))
                 .key(format!("{HISTORY_PREFIX}{principal}"))
                 .arg(principal)
                 .arg(credit_type)
@@ -184,13 +201,16 @@ impl CreditLedger for ValkeyCreditLedger {
                 .arg(&key.message_id)
                 .arg(HISTORY_LIMIT);
             let (outcome, balance): (String, i64) = self.run("charge", &invocation).await?;
-            Ok(match outcome.as_str() {
-                "charged" => ChargeOutcome::Charged,
-                "already" => ChargeOutcome::AlreadyCharged,
-                _ => ChargeOutcome::Insufficient {
+            match outcome.as_str() {
+                "charged" => Ok(ChargeOutcome::Charged),
+                "already" => Ok(ChargeOutcome::AlreadyCharged),
+                "insufficient" => Ok(ChargeOutcome::Insufficient {
                     available: u64::try_from(balance).unwrap_or(0),
-                },
-            })
+                }),
+                other => Err(CreditError(format!(
+                    "valkey: charge: the script answered {other:?}"
+                ))),
+            }
         })
     }
 
@@ -203,8 +223,6 @@ impl CreditLedger for ValkeyCreditLedger {
             invocation
                 .key(charge_key(key))
                 .arg(now_ms())
-                .arg(BALANCE_PREFIX)
-                .arg(HISTORY_PREFIX)
                 .arg(&key.task)
                 .arg(&key.message_id)
                 .arg(HISTORY_LIMIT);
@@ -225,7 +243,7 @@ impl CreditLedger for ValkeyCreditLedger {
         Box::pin(async move {
             let mut connection = self.connection.clone();
             let mut cmd = redis::cmd("GET");
-            cmd.arg(format!("{BALANCE_PREFIX}{principal}:{credit_type}"));
+            cmd.arg(balance_key(principal, credit_type));
             let balance: Option<i64> =
                 tokio::time::timeout(self.timeout, cmd.query_async(&mut connection))
                     .await
@@ -244,7 +262,7 @@ impl CreditLedger for ValkeyCreditLedger {
         Box::pin(async move {
             let mut invocation = GRANT.prepare_invoke();
             invocation
-                .key(format!("{BALANCE_PREFIX}{principal}:{credit_type}"))
+                .key(balance_key(principal, credit_type))
                 .key(format!("{HISTORY_PREFIX}{principal}"))
                 .arg(credit_type)
                 .arg(amount)

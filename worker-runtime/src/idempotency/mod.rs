@@ -53,7 +53,7 @@ pub trait IdempotencyStore: Send + Sync + 'static {
 /// The store `url` names: `redis://…`/`rediss://…` ([`ValkeyIdempotencyStore`]) or
 /// `postgres://…`/`postgresql://…` ([`PostgresIdempotencyStore`]).
 pub async fn connect(url: &str) -> Result<Arc<dyn IdempotencyStore>, IdempotencyError> {
-    let scheme = url.split("://").next().unwrap_or_default();
+    let scheme = crate::credits::url_scheme(url);
     match scheme {
         #[cfg(feature = "valkey")]
         "redis" | "rediss" => Ok(Arc::new(ValkeyIdempotencyStore::connect(url).await?)),
@@ -68,7 +68,8 @@ pub async fn connect(url: &str) -> Result<Arc<dyn IdempotencyStore>, Idempotency
             "a postgres store needs the `postgres` feature of worker-runtime".into(),
         )),
         _ => Err(IdempotencyError(format!(
-            "idempotency url must start with redis://, rediss://, postgres:// or postgresql://, got `{scheme}://…`"
+            "idempotency url must start with redis://, rediss://, postgres:// or postgresql://, got {}",
+            crate::credits::describe_scheme(scheme)
         ))),
     }
 }

@@ -1,5 +1,6 @@
-//! Handled messages recorded in Valkey: `wr:handled:{task}:{message_id}`, set with an expiry of the
-//! task's window.
+//! Handled messages recorded in Valkey: `wr:handled:{len}:{task}:{message_id}` (`{len}` the task
+//! name's byte length, so that no name or id holding a `:` makes another's key), set with an
+//! expiry of the task's window.
 
 use std::time::Duration;
 
@@ -51,7 +52,7 @@ impl ValkeyIdempotencyStore {
 }
 
 fn key(task: &str, message_id: &str) -> String {
-    format!("wr:handled:{task}:{message_id}")
+    format!("wr:handled:{}:{task}:{message_id}", task.len())
 }
 
 impl IdempotencyStore for ValkeyIdempotencyStore {

@@ -74,6 +74,10 @@ pub(crate) struct Processed {
     pub message_id: Arc<str>,
     /// The sender the worker verified, if it verified one (db tasks that check roles or credits).
     pub principal: Option<Principal>,
+    /// The charge this delivery made or found standing, which a dead letter refunds. None when
+    /// it never got as far as the ledger (undecodable, forbidden, …): such a copy refunds
+    /// nothing, whatever id it carries.
+    pub charge: Option<ChargeKey>,
 }
 
 /// Runs a delivery through the pipeline. On ordered subscriptions a retry happens here, in place.
@@ -94,6 +98,7 @@ pub(crate) async fn process<T: Task>(env: &TaskEnv, delivery: &Delivery) -> Proc
                 attempt: 1,
                 message_id,
                 principal: None,
+                charge: None,
             }
         }
     };
@@ -110,6 +115,7 @@ pub(crate) async fn process<T: Task>(env: &TaskEnv, delivery: &Delivery) -> Proc
                     attempt,
                     message_id,
                     principal: None,
+                    charge: None,
                 };
             }
             Ok(false) => {}
@@ -123,6 +129,7 @@ pub(crate) async fn process<T: Task>(env: &TaskEnv, delivery: &Delivery) -> Proc
                     attempt,
                     message_id,
                     principal: None,
+                    charge: None,
                 };
             }
         }
@@ -135,9 +142,10 @@ pub(crate) async fn process<T: Task>(env: &TaskEnv, delivery: &Delivery) -> Proc
         attempt
     );
     let mut verified = None;
+    let mut charged = None;
     let verdict = async {
         let (mut payload, principal) =
-            match admit::<T>(env, delivery, &message_id, &mut verified).await {
+            match admit::<T>(env, delivery, &message_id, &mut verified, &mut charged).await {
                 Ok(admitted) => admitted,
                 Err(verdict) => return verdict,
             };
@@ -184,6 +192,7 @@ pub(crate) async fn process<T: Task>(env: &TaskEnv, delivery: &Delivery) -> Proc
         attempt,
         message_id,
         principal: verified,
+        charge: charged,
     }
 }
 
@@ -225,12 +234,14 @@ fn truncate(text: &str, max: usize) -> &str {
 }
 
 /// Decode, authorize and charge: the checks that happen once per delivery, before any attempt.
-/// The sender, once verified, is also left in `verified` for a dead-letter copy to name.
+/// The sender, once verified, is also left in `verified` for a dead-letter copy to name, and the
+/// charge standing for this delivery in `charged`, for a dead letter to refund.
 async fn admit<T: Task>(
     env: &TaskEnv,
     delivery: &Delivery,
     message_id: &Arc<str>,
     verified: &mut Option<Principal>,
+    charged: &mut Option<ChargeKey>,
 ) -> Result<(T::Payload, Option<Principal>), Verdict> {
     let payload = decode::<T>(env, delivery)?;
     let principal = authorize_sender(env, delivery)?;
@@ -240,16 +251,16 @@ async fn admit<T: Task>(
     {
         let key = ChargeKey {
             task: env.task.to_owned(),
+            principal: principal.subject().to_owned(),
             message_id: message_id.to_string(),
         };
-        match ledger
-            .charge(principal.subject(), &cost.credit_type, cost.amount, &key)
-            .await
-        {
+        match ledger.charge(&key, &cost.credit_type, cost.amount).await {
             Ok(ChargeOutcome::Charged) => {
                 env.metrics.credits_charged(&cost.credit_type, cost.amount);
+                *charged = Some(key);
             }
-            Ok(ChargeOutcome::AlreadyCharged) => {}
+            // A redelivery of a message charged before: its dead letter refunds that charge.
+            Ok(ChargeOutcome::AlreadyCharged) => *charged = Some(key),
             Ok(ChargeOutcome::Insufficient { available }) => {
                 return Err(Verdict::DeadLetter {
                     reason: DeadLetterReason::InsufficientCredits,

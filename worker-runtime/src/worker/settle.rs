@@ -4,7 +4,7 @@
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::OwnedSemaphorePermit;
-use worker_core::{props, DeadLetterReason, Delivery, Message, Topic};
+use worker_core::{props, Delivery, Message, Topic};
 
 use crate::credits::{ChargeKey, RefundOutcome};
 use crate::metrics::SharedStore;
@@ -33,19 +33,13 @@ pub(crate) async fn settle(
         attempt,
         message_id,
         principal,
+        charge,
     } = processed;
     match verdict {
         Verdict::Succeeded => {
             if let Some(window) = env.config.idempotency_window {
                 // Before the ack: a crash between the two costs one extra run at most.
-                if let Err(error) = env
-                    .shared
-                    .idempotency
-                    .record(env.task, &message_id, window)
-                    .await
-                {
-                    tracing::warn!(task = env.task, message_id = &*message_id, %error, "recording the message as handled failed; a copy of it would run again");
-                }
+                record_handled(env, &message_id, window).await;
             }
             env.acks.ack(delivery.id);
             env.metrics.ok();
@@ -125,12 +119,14 @@ pub(crate) async fn settle(
                     time: SystemTime::now(),
                 },
             );
-            publish_confirmed(env, &env.config.dlq_topic, copy, "dead-letter copy").await;
-            // Refund before the ack: a worker dying between the two leaves the message to be
-            // delivered again, dead-lettered again and refunded then, never charged for good.
-            if reason != DeadLetterReason::InsufficientCredits {
-                refund(env, &message_id).await;
+            // Refund first: once the copy is out it may be replayed, and its replay must find the
+            // charge refunded to be charged again. A worker dying after the refund leaves the
+            // message to be delivered again, charged again and dead-lettered again: never a
+            // charge kept for a dead letter, never a replay run unpaid.
+            if let Some(charge) = &charge {
+                refund(env, charge).await;
             }
+            publish_confirmed(env, &env.config.dlq_topic, copy, "dead-letter copy").await;
             env.acks.ack(delivery.id);
             env.metrics.dead_lettered(reason);
             Counters::add(&env.counters.dead_lettered, 1);
@@ -178,21 +174,42 @@ async fn publish_confirmed(env: &TaskEnv, topic: &Topic, message: Message, what:
     }
 }
 
-/// Returns a dead-lettered message's credits, trying again until the ledger answers. Idempotent
-/// in the ledger, so safe to call for messages that were never charged. The delivery stays
-/// unacked meanwhile; if the worker stops first, shutdown cancels this and the delivery is given
-/// back, to be refunded when it is dead-lettered again.
-async fn refund(env: &TaskEnv, message_id: &str) {
-    let (Some(_), Some(ledger)) = (&env.config.credits, &env.shared.ledger) else {
-        return;
-    };
-    let key = ChargeKey {
-        task: env.task.to_owned(),
-        message_id: message_id.to_owned(),
-    };
+/// Records a handled message for its task's idempotency window, trying again until the store
+/// answers: acking without the record would let a copy run again. The delivery stays unacked
+/// meanwhile; if the worker stops first, shutdown cancels this and the delivery is given back
+/// (then it runs again: at least once holds).
+async fn record_handled(env: &TaskEnv, message_id: &str, window: Duration) {
     let mut wait = PUBLISH_RETRY_FIRST;
     loop {
-        match ledger.refund(&key).await {
+        match env
+            .shared
+            .idempotency
+            .record(env.task, message_id, window)
+            .await
+        {
+            Ok(()) => return,
+            Err(error) => {
+                env.metrics.store_error(SharedStore::Idempotency);
+                tracing::warn!(task = env.task, message_id, %error, ?wait, "recording the message as handled failed; trying again");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(PUBLISH_RETRY_MAX);
+            }
+        }
+    }
+}
+
+/// Returns the credits of a dead-lettered delivery's charge, trying again until the ledger
+/// answers. Idempotent in the ledger. The delivery stays unacked meanwhile; if the worker stops
+/// first, shutdown cancels this and the delivery is given back, to be refunded when it is
+/// dead-lettered again.
+async fn refund(env: &TaskEnv, key: &ChargeKey) {
+    let Some(ledger) = &env.shared.ledger else {
+        return;
+    };
+    let message_id = key.message_id.as_str();
+    let mut wait = PUBLISH_RETRY_FIRST;
+    loop {
+        match ledger.refund(key).await {
             Ok(RefundOutcome::Refunded(amount)) => {
                 tracing::info!(task = env.task, message_id, amount, "credits refunded");
                 return;

@@ -99,14 +99,46 @@ pub async fn connect_backend(args: &BackendArgs) -> Result<Arc<dyn Broker>, CliE
     }
 }
 
-/// `url` with any `user:password@` part replaced by `***@`, for messages and logs.
+/// `url` for messages and logs: any `user:password@` part becomes `***@`, the values of query
+/// parameters that carry secrets (`password=`, `token=`, …) become `***`, and text that is no
+/// `scheme://` URL (a key-value connection string, say) is not shown at all.
 pub(crate) fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_owned(),
+    let scheme = crate::credits::url_scheme(url);
+    if scheme.is_empty() {
+        return "(not a scheme:// url; not shown)".to_owned();
     }
+    let rest = &url[scheme.len() + 3..];
+    let (before_query, query) = match rest.split_once('?') {
+        Some((before, query)) => (before, Some(query)),
+        None => (rest, None),
+    };
+    // The last `@` before the query ends the user information, even where a password holds `@`.
+    let location = match before_query.rfind('@') {
+        Some(at) => format!("***{}", &before_query[at..]),
+        None => before_query.to_owned(),
+    };
+    let query = query.map(|query| {
+        query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) if is_secret_parameter(name) => format!("{name}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("&")
+    });
+    match query {
+        Some(query) => format!("{scheme}://{location}?{query}"),
+        None => format!("{scheme}://{location}"),
+    }
+}
+
+/// Whether a query parameter of this name carries a secret.
+fn is_secret_parameter(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["password", "pass", "pwd", "secret", "token", "key"]
+        .iter()
+        .any(|secret| name.contains(secret))
 }
 
 /// A secret given on the command line, as text (clap hands over valid UTF-8).
@@ -151,6 +183,17 @@ mod tests {
             redact_url("pulsar://localhost:6650"),
             "pulsar://localhost:6650"
         );
-        assert_eq!(redact_url("no scheme@host"), "no scheme@host");
+        assert_eq!(
+            redact_url("postgresql://h/db?user=u&password=s3cret&sslpassword=x"),
+            "postgresql://h/db?user=u&password=***&sslpassword=***"
+        );
+        assert_eq!(
+            redact_url("postgres://ops:pw@db:5432/ledger?application_name=w"),
+            "postgres://***@db:5432/ledger?application_name=w"
+        );
+        for not_a_url in ["host=db password=s3cret", "no scheme@host", "://x:y@z"] {
+            let shown = redact_url(not_a_url);
+            assert!(!shown.contains("s3cret") && !shown.contains('@'), "{shown}");
+        }
     }
 }

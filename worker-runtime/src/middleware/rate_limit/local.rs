@@ -27,7 +27,7 @@ use worker_core::RateLimit;
 
 /// The longest window honoured. Governor counts in `u64` nanoseconds (584 years); a longer
 /// configured window is shortened to this, which is no limit anyone can tell apart.
-const MAX_WINDOW: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+pub(super) const MAX_WINDOW: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 
 type Limiter =
     governor::RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<TokioInstant>>;

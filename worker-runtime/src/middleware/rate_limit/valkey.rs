@@ -62,6 +62,10 @@ impl GlobalRateLimits {
 
     /// The limiter of `task`, allowing `limit` for all workers together.
     pub fn limiter(&self, task: &str, limit: RateLimit) -> GlobalRateLimiter {
+        let limit = RateLimit {
+            window: limit.window.min(super::local::MAX_WINDOW),
+            ..limit
+        };
         let (spacing, burst) = spacing(limit);
         GlobalRateLimiter {
             connection: self.connection.clone(),
