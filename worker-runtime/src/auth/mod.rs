@@ -17,7 +17,7 @@ pub struct Principal(Arc<PrincipalInner>);
 
 #[derive(PartialEq, Eq)]
 struct PrincipalInner {
-    subject: String,
+    subject: Arc<str>,
     roles: Vec<String>,
     expires_at: Option<SystemTime>,
 }
@@ -30,7 +30,7 @@ impl Principal {
         expires_at: Option<SystemTime>,
     ) -> Self {
         Principal(Arc::new(PrincipalInner {
-            subject: subject.into(),
+            subject: Arc::from(subject.into()),
             roles,
             expires_at,
         }))
@@ -39,6 +39,11 @@ impl Principal {
     /// Who: the token's subject (`sub`).
     pub fn subject(&self) -> &str {
         &self.0.subject
+    }
+
+    /// The subject, shared: a clone costs no allocation.
+    pub fn shared_subject(&self) -> Arc<str> {
+        self.0.subject.clone()
     }
 
     /// What they may do: the token's roles.

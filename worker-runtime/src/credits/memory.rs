@@ -1,7 +1,7 @@
 //! The in-memory [`CreditLedger`]: balances and charge records in one process, for the embedded
 //! broker, demos and tests. Nothing survives a restart.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,14 +41,16 @@ struct State {
     /// principal → credit type → balance.
     balances: HashMap<String, HashMap<String, u64>>,
     /// Unrefunded charges by key.
-    charges: HashMap<Arc<ChargeKey>, ChargeRecord>,
+    charges: HashMap<ChargeKey, ChargeRecord>,
     /// The same charges, oldest first, for eviction. Sequence numbers are never reused.
-    order: BTreeMap<u64, Arc<ChargeKey>>,
+    order: BTreeMap<u64, ChargeKey>,
     next_sequence: u64,
+    /// Every credit type charged, shared by the records that name it.
+    credit_types: HashSet<Arc<str>>,
 }
 
 struct ChargeRecord {
-    credit_type: String,
+    credit_type: Arc<str>,
     amount: u64,
     sequence: u64,
     charged_at: Instant,
@@ -125,26 +127,34 @@ impl MemoryCreditLedger {
     }
 
     fn charge_now(&self, key: &ChargeKey, credit_type: &str, amount: u64) -> ChargeOutcome {
-        let principal = key.principal.as_str();
         let now = Instant::now();
         let mut state = self.state.lock();
         self.evict(&mut state, now);
         if state.charges.contains_key(key) {
             return ChargeOutcome::AlreadyCharged;
         }
-        let available = state.balance(principal, credit_type);
-        if available < amount {
-            return ChargeOutcome::Insufficient { available };
+        // A balance that is missing is 0, and no amount is below 0: nothing to take it from.
+        let Some(balance) = state
+            .balances
+            .get_mut(&*key.principal)
+            .and_then(|types| types.get_mut(credit_type))
+        else {
+            return ChargeOutcome::Insufficient { available: 0 };
+        };
+        if *balance < amount {
+            return ChargeOutcome::Insufficient {
+                available: *balance,
+            };
         }
-        *state.balance_mut(principal.to_owned(), credit_type.to_owned()) = available - amount;
+        *balance -= amount;
+        let credit_type = state.credit_type(credit_type);
         let sequence = state.next_sequence;
         state.next_sequence += 1;
-        let key = Arc::new(key.clone());
         state.order.insert(sequence, key.clone());
         state.charges.insert(
-            key,
+            key.clone(),
             ChargeRecord {
-                credit_type: credit_type.to_owned(),
+                credit_type,
                 amount,
                 sequence,
                 charged_at: now,
@@ -162,7 +172,7 @@ impl MemoryCreditLedger {
             return RefundOutcome::NothingToRefund;
         };
         state.order.remove(&record.sequence);
-        let balance = state.balance_mut(key.principal.clone(), record.credit_type);
+        let balance = state.balance_mut(key.principal.to_string(), record.credit_type.to_string());
         *balance = balance.saturating_add(record.amount);
         RefundOutcome::Refunded(record.amount)
     }
@@ -174,7 +184,7 @@ impl MemoryCreditLedger {
         }
         if let Some(max_age) = self.max_record_age {
             while let Some((_, key)) = state.order.first_key_value() {
-                let expired = state.charges.get(&**key).is_none_or(|record| {
+                let expired = state.charges.get(key).is_none_or(|record| {
                     now.saturating_duration_since(record.charged_at) > max_age
                 });
                 if !expired {
@@ -205,8 +215,18 @@ impl State {
 
     fn drop_oldest(&mut self) {
         if let Some((_, key)) = self.order.pop_first() {
-            self.charges.remove(&*key);
+            self.charges.remove(&key);
         }
+    }
+
+    /// `name`, shared with every record of that credit type.
+    fn credit_type(&mut self, name: &str) -> Arc<str> {
+        if let Some(shared) = self.credit_types.get(name) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = Arc::from(name);
+        self.credit_types.insert(shared.clone());
+        shared
     }
 }
 

@@ -24,15 +24,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use worker_core::BoxFuture;
 
-/// Which charge: the task, the principal charged, and the message's stable id.
+/// Which charge: the task, the principal charged, and the message's stable id. Shared strings, so
+/// that making and cloning a key on every delivery allocates nothing.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ChargeKey {
     /// The task's name.
-    pub task: String,
+    pub task: Arc<str>,
     /// Who pays: the verified sender (a token's `sub`).
-    pub principal: String,
+    pub principal: Arc<str>,
     /// The stable message id.
-    pub message_id: String,
+    pub message_id: Arc<str>,
 }
 
 /// What one charge request did.

@@ -82,15 +82,17 @@ impl CreditLedger for PostgresCreditLedger {
             let (outcome, available) = self
                 .with_client("charge", move |client| {
                     Box::pin(async move {
+                        let (task, message_id, principal): (&str, &str, &str) =
+                            (&key.task, &key.message_id, &key.principal);
                         // One statement (migration 3), typed so that no prepare round trip
                         // comes first.
                         let rows = client
                             .query_typed(
                                 "SELECT outcome, available FROM wr_credit_charge($1, $2, $3, $4, $5)",
                                 &[
-                                    (&key.task, Type::TEXT),
-                                    (&key.message_id, Type::TEXT),
-                                    (&key.principal, Type::TEXT),
+                                    (&task, Type::TEXT),
+                                    (&message_id, Type::TEXT),
+                                    (&principal, Type::TEXT),
                                     (&credit_type, Type::TEXT),
                                     (&signed(amount), Type::INT8),
                                 ],
@@ -135,13 +137,15 @@ impl CreditLedger for PostgresCreditLedger {
         let key = key.clone();
         Box::pin(self.with_client("refund", move |client| {
             Box::pin(async move {
+                let (task, principal, message_id): (&str, &str, &str) =
+                    (&key.task, &key.principal, &key.message_id);
                 let rows = client
                     .query_typed(
                         "SELECT wr_credit_refund($1, $2, $3)",
                         &[
-                            (&key.task, Type::TEXT),
-                            (&key.principal, Type::TEXT),
-                            (&key.message_id, Type::TEXT),
+                            (&task, Type::TEXT),
+                            (&principal, Type::TEXT),
+                            (&message_id, Type::TEXT),
                         ],
                     )
                     .await?;

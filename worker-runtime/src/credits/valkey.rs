@@ -192,13 +192,13 @@ impl CreditLedger for ValkeyCreditLedger {
                 .key(charge_key(key))
                 .key(balance_key(principal, credit_type))
                 .key(format!("{HISTORY_PREFIX}{principal}"))
-                .arg(principal)
+                .arg(&**principal)
                 .arg(credit_type)
                 .arg(amount)
                 .arg(now_ms())
                 .arg(u64::try_from(self.record_ttl.as_millis()).unwrap_or(u64::MAX))
-                .arg(&key.task)
-                .arg(&key.message_id)
+                .arg(&*key.task)
+                .arg(&*key.message_id)
                 .arg(HISTORY_LIMIT);
             let (outcome, balance): (String, i64) = self.run("charge", &invocation).await?;
             match outcome.as_str() {
@@ -223,8 +223,8 @@ impl CreditLedger for ValkeyCreditLedger {
             invocation
                 .key(charge_key(key))
                 .arg(now_ms())
-                .arg(&key.task)
-                .arg(&key.message_id)
+                .arg(&*key.task)
+                .arg(&*key.message_id)
                 .arg(HISTORY_LIMIT);
             let amount: u64 = self.run("refund", &invocation).await?;
             Ok(if amount == 0 {

@@ -63,6 +63,8 @@ pub(crate) enum RetryMode {
 pub(crate) struct TaskEnv {
     pub config: TaskConfig,
     pub task: &'static str,
+    /// The task's name, shared (charge keys hold it).
+    pub task_name: Arc<str>,
     pub topic: Arc<str>,
     pub shared: Arc<WorkerShared>,
     pub subscription: Arc<dyn Subscription>,

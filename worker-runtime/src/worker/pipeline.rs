@@ -250,9 +250,9 @@ async fn admit<T: Task>(
         (&env.config.credits, &principal, &env.shared.ledger)
     {
         let key = ChargeKey {
-            task: env.task.to_owned(),
-            principal: principal.subject().to_owned(),
-            message_id: message_id.to_string(),
+            task: env.task_name.clone(),
+            principal: principal.shared_subject(),
+            message_id: message_id.clone(),
         };
         match ledger.charge(&key, &cost.credit_type, cost.amount).await {
             Ok(ChargeOutcome::Charged) => {

@@ -80,6 +80,7 @@ pub(crate) async fn run_task<T: Task>(run: TaskRun) -> Result<TaskReport, Worker
     });
     let env = Arc::new(TaskEnv {
         task: T::NAME,
+        task_name: Arc::from(T::NAME),
         topic,
         context,
         retry_mode: TaskEnv::retry_mode(&config, &shared.capabilities),

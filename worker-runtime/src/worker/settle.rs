@@ -206,7 +206,7 @@ async fn refund(env: &TaskEnv, key: &ChargeKey) {
     let Some(ledger) = &env.shared.ledger else {
         return;
     };
-    let message_id = key.message_id.as_str();
+    let message_id = &*key.message_id;
     let mut wait = PUBLISH_RETRY_FIRST;
     loop {
         match ledger.refund(key).await {

@@ -120,6 +120,8 @@ target = { broker = "cache" }
     }
 }
 
+// A valkey broker is only valid in a build that has the backend.
+#[cfg(feature = "valkey")]
 #[test]
 fn secrets_come_from_the_environment_and_never_print() {
     let text = r#"[bridge.brokers.cache]
