@@ -8,12 +8,13 @@
 #      the bench itself; Pulsar needs Java and Maven, see scripts/pulsar-standalone);
 #   3. the bridge against raw loops moving the same messages (redis-server and Pulsar);
 #   4. the shared state (credit ledgers, the global rate limit, idempotency records on Valkey and
-#      PostgreSQL) against the in-memory counterparts.
+#      PostgreSQL) against the in-memory counterparts;
+#   5. a worker process's footprint: start to first message handled, idle resident memory.
 #
 # Usage: scripts/bench.sh [output-dir]       (default: target/bench-results)
 # The BENCH_* variables of tests/benches/framework_vs_raw/main.rs pass through, e.g.
 #   BENCH_BACKENDS=valkey BENCH_RUNS=5 scripts/bench.sh
-# Set SKIP_MEMORY=1, SKIP_BACKENDS=1, SKIP_BRIDGE=1 or SKIP_STATE=1 to leave a part out.
+# Set SKIP_MEMORY=1, SKIP_BACKENDS=1, SKIP_BRIDGE=1, SKIP_STATE=1 or SKIP_FOOTPRINT=1 to leave a part out.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -40,4 +41,11 @@ fi
 if [[ "${SKIP_STATE:-0}" != 1 ]]; then
     echo "== shared state vs in memory -> $out/shared-state-$stamp.txt"
     cargo bench -p integration-tests --bench shared_state_cost 2>&1 | tee "$out/shared-state-$stamp.txt"
+fi
+
+if [[ "${SKIP_FOOTPRINT:-0}" != 1 ]]; then
+    echo "== footprint of a worker process -> $out/footprint-$stamp.txt"
+    # The bench starts the release build of an example; build it first.
+    cargo build --release -p examples --example scale_worker
+    cargo bench -p integration-tests --bench footprint 2>&1 | tee "$out/footprint-$stamp.txt"
 fi

@@ -1,7 +1,7 @@
 //! The in-memory [`CreditLedger`]: balances and charge records in one process, for the embedded
 //! broker, demos and tests. Nothing survives a restart.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,10 +40,12 @@ pub struct MemoryCreditLedger {
 struct State {
     /// principal → credit type → balance.
     balances: HashMap<String, HashMap<String, u64>>,
-    /// Unrefunded charges by key.
-    charges: HashMap<ChargeKey, ChargeRecord>,
-    /// The same charges, oldest first, for eviction. Sequence numbers are never reused.
-    order: BTreeMap<u64, ChargeKey>,
+    /// Unrefunded charges by key. Hashed with foldhash, seeded per process: the keys name
+    /// verified senders' messages, and SipHash cost more than the rest of a charge.
+    charges: HashMap<ChargeKey, ChargeRecord, foldhash::fast::RandomState>,
+    /// Every charge made, oldest first, for eviction: a refunded record leaves its entry behind
+    /// (told apart by its sequence number, never reused) until eviction or compaction drops it.
+    order: VecDeque<(u64, ChargeKey)>,
     next_sequence: u64,
     /// Every credit type charged, shared by the records that name it.
     credit_types: HashSet<Arc<str>>,
@@ -130,12 +132,19 @@ impl MemoryCreditLedger {
         let now = Instant::now();
         let mut state = self.state.lock();
         self.evict(&mut state, now);
-        if state.charges.contains_key(key) {
+        let State {
+            balances,
+            charges,
+            order,
+            next_sequence,
+            credit_types,
+        } = &mut *state;
+        // One lookup, whether the key is new or not.
+        let std::collections::hash_map::Entry::Vacant(record) = charges.entry(key.clone()) else {
             return ChargeOutcome::AlreadyCharged;
-        }
+        };
         // A balance that is missing is 0, and no amount is below 0: nothing to take it from.
-        let Some(balance) = state
-            .balances
+        let Some(balance) = balances
             .get_mut(&*key.principal)
             .and_then(|types| types.get_mut(credit_type))
         else {
@@ -147,19 +156,15 @@ impl MemoryCreditLedger {
             };
         }
         *balance -= amount;
-        let credit_type = state.credit_type(credit_type);
-        let sequence = state.next_sequence;
-        state.next_sequence += 1;
-        state.order.insert(sequence, key.clone());
-        state.charges.insert(
-            key.clone(),
-            ChargeRecord {
-                credit_type,
-                amount,
-                sequence,
-                charged_at: now,
-            },
-        );
+        let sequence = *next_sequence;
+        *next_sequence += 1;
+        record.insert(ChargeRecord {
+            credit_type: intern(credit_types, credit_type),
+            amount,
+            sequence,
+            charged_at: now,
+        });
+        order.push_back((sequence, key.clone()));
         // The record just added may push the count over the bound.
         self.evict(&mut state, now);
         ChargeOutcome::Charged
@@ -171,7 +176,7 @@ impl MemoryCreditLedger {
         let Some(record) = state.charges.remove(key) else {
             return RefundOutcome::NothingToRefund;
         };
-        state.order.remove(&record.sequence);
+        state.compact_order();
         let balance = state.balance_mut(key.principal.to_string(), record.credit_type.to_string());
         *balance = balance.saturating_add(record.amount);
         RefundOutcome::Refunded(record.amount)
@@ -183,9 +188,10 @@ impl MemoryCreditLedger {
             state.drop_oldest();
         }
         if let Some(max_age) = self.max_record_age {
-            while let Some((_, key)) = state.order.first_key_value() {
+            while let Some((sequence, key)) = state.order.front() {
                 let expired = state.charges.get(key).is_none_or(|record| {
-                    now.saturating_duration_since(record.charged_at) > max_age
+                    record.sequence != *sequence
+                        || now.saturating_duration_since(record.charged_at) > max_age
                 });
                 if !expired {
                     break;
@@ -213,21 +219,42 @@ impl State {
             .or_insert(0)
     }
 
+    /// Drops the oldest entry of `order`, and its record unless the record is a newer charge of
+    /// the same key (refunded, then charged again).
     fn drop_oldest(&mut self) {
-        if let Some((_, key)) = self.order.pop_first() {
-            self.charges.remove(&key);
+        if let Some((sequence, key)) = self.order.pop_front() {
+            if self
+                .charges
+                .get(&key)
+                .is_some_and(|record| record.sequence == sequence)
+            {
+                self.charges.remove(&key);
+            }
         }
     }
 
-    /// `name`, shared with every record of that credit type.
-    fn credit_type(&mut self, name: &str) -> Arc<str> {
-        if let Some(shared) = self.credit_types.get(name) {
-            return shared.clone();
+    /// Drops the entries refunds left in `order` once they outnumber the live ones, so that it
+    /// stays within twice the records (plus a little) at an amortized constant cost per refund.
+    fn compact_order(&mut self) {
+        if self.order.len() > 2 * self.charges.len() + 64 {
+            let charges = &self.charges;
+            self.order.retain(|(sequence, key)| {
+                charges
+                    .get(key)
+                    .is_some_and(|record| record.sequence == *sequence)
+            });
         }
-        let shared: Arc<str> = Arc::from(name);
-        self.credit_types.insert(shared.clone());
-        shared
     }
+}
+
+/// `name`, shared with every record of that credit type.
+fn intern(credit_types: &mut HashSet<Arc<str>>, name: &str) -> Arc<str> {
+    if let Some(shared) = credit_types.get(name) {
+        return shared.clone();
+    }
+    let shared: Arc<str> = Arc::from(name);
+    credit_types.insert(shared.clone());
+    shared
 }
 
 impl Default for MemoryCreditLedger {
@@ -462,6 +489,45 @@ mod tests {
         // A refund frees its slot without disturbing the others.
         assert_eq!(refund(&ledger, "m3").await, RefundOutcome::Refunded(1));
         assert_eq!(ledger.charge_records(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_key_charged_again_after_its_refund_is_evicted_by_its_new_charge() {
+        let ledger = MemoryCreditLedger::new()
+            .with_balance("alice", DB, 100)
+            .with_max_records(2);
+        charge(&ledger, "alice", 1, "m1").await;
+        charge(&ledger, "alice", 1, "m2").await;
+        assert_eq!(refund(&ledger, "m1").await, RefundOutcome::Refunded(1));
+        // Charged again, m1 is now the newest: its first charge's place in the eviction order
+        // must not count for it, so the bound drops m2.
+        charge(&ledger, "alice", 1, "m1").await;
+        charge(&ledger, "alice", 1, "m3").await;
+        assert_eq!(ledger.charge_records(), 2);
+        assert_eq!(refund(&ledger, "m2").await, RefundOutcome::NothingToRefund);
+        assert_eq!(refund(&ledger, "m1").await, RefundOutcome::Refunded(1));
+        assert_eq!(refund(&ledger, "m3").await, RefundOutcome::Refunded(1));
+        assert_eq!(balance(&ledger, "alice").await, 99);
+    }
+
+    #[tokio::test]
+    async fn refunds_do_not_grow_the_eviction_order_without_bound() {
+        let ledger = MemoryCreditLedger::new().with_balance("alice", DB, 1);
+        for n in 0..10_000 {
+            let id = format!("m{n}");
+            assert_eq!(
+                charge(&ledger, "alice", 1, &id).await,
+                ChargeOutcome::Charged
+            );
+            assert_eq!(refund(&ledger, &id).await, RefundOutcome::Refunded(1));
+        }
+        let state = ledger.state.lock();
+        assert!(state.charges.is_empty());
+        assert!(
+            state.order.len() <= 64,
+            "{} entries left",
+            state.order.len()
+        );
     }
 
     #[tokio::test(start_paused = true)]
