@@ -21,6 +21,9 @@ use crate::processes::{http_get, http_request};
 
 /// How long a start may take: two cores and a cold JVM need 20–60 s.
 const START_LIMIT: Duration = Duration::from_secs(180);
+/// Starts tried before giving up. Now and then a standalone fails to open its first managed
+/// ledger and never becomes ready; a fresh start (new ports, empty data) has come up each time.
+const START_ATTEMPTS: u32 = 2;
 
 /// A Pulsar broker for tests: one this process started, or an external one.
 pub struct PulsarStandalone {
@@ -58,21 +61,31 @@ impl PulsarStandalone {
             return None;
         }
         remove_stale_data_dirs();
-        let own = Own {
-            bookie_port: free_port(),
-            dir: BrokerProcess::scratch_dir("pulsar"),
-            child: Mutex::new(None),
-        };
-        let standalone = PulsarStandalone {
-            broker_port: free_port(),
-            web_port: free_port(),
-            own: Some(own),
-            external_url: None,
-        };
-        match standalone.launch() {
-            Ok(()) => Some(standalone),
-            Err(why) => cannot_start(&why),
+        let mut failures = Vec::new();
+        for attempt in 1..=START_ATTEMPTS {
+            let own = Own {
+                bookie_port: free_port(),
+                dir: BrokerProcess::scratch_dir("pulsar"),
+                child: Mutex::new(None),
+            };
+            let standalone = PulsarStandalone {
+                broker_port: free_port(),
+                web_port: free_port(),
+                own: Some(own),
+                external_url: None,
+            };
+            match standalone.launch() {
+                Ok(()) => return Some(standalone),
+                Err(why) => {
+                    // Said at once, so that a start that came up only the second time shows.
+                    eprintln!(
+                        "!!! the Pulsar standalone's start {attempt} of {START_ATTEMPTS} failed: {why}"
+                    );
+                    failures.push(format!("start {attempt}: {why}"));
+                }
+            }
         }
+        cannot_start(&failures.join("\n"))
     }
 
     /// `pulsar://127.0.0.1:<port>`.
@@ -225,7 +238,8 @@ impl PulsarStandalone {
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(format!(
-                    "not ready within {START_LIMIT:?}; its log ends with:\n{}",
+                    "not ready within {START_LIMIT:?}{}; its log ends with:\n{}",
+                    disk_warning(&own.dir),
                     tail(&self.log(), 40)
                 ));
             }
@@ -288,6 +302,32 @@ fn external() -> Option<PulsarStandalone> {
         own: None,
         external_url: Some(url),
     })
+}
+
+/// A warning when the disk holding `dir` is nearly full: the bookie then refuses to write, and
+/// the standalone never becomes ready, with only a stack trace in its log to say why.
+fn disk_warning(dir: &std::path::Path) -> String {
+    let used = Command::new("df")
+        .arg("-P")
+        .arg(dir)
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|text| {
+            let line = text.lines().nth(1)?.to_owned();
+            line.split_whitespace()
+                .nth(4)?
+                .trim_end_matches('%')
+                .parse::<u32>()
+                .ok()
+        });
+    match used {
+        Some(percent) if percent >= 90 => format!(
+            " (the disk holding {} is {percent}% full: the bookie stops writing near full)",
+            dir.display()
+        ),
+        _ => String::new(),
+    }
 }
 
 fn cannot_start(why: &str) -> Option<PulsarStandalone> {
