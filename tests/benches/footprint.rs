@@ -146,7 +146,25 @@ fn release_example(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-fn spawn(binary: &Path, args: &[&str], ledger: Option<&Path>) -> anyhow::Result<Child> {
+/// A worker process, killed if the bench returns early (an error) before stopping it.
+struct WorkerProcess(Child);
+
+impl WorkerProcess {
+    fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn spawn(binary: &Path, args: &[&str], ledger: Option<&Path>) -> anyhow::Result<WorkerProcess> {
     let mut command = Command::new(binary);
     command
         .args(args)
@@ -156,7 +174,7 @@ fn spawn(binary: &Path, args: &[&str], ledger: Option<&Path>) -> anyhow::Result<
     if let Some(ledger) = ledger {
         command.env("SCALE_WORKER_LEDGER", ledger);
     }
-    Ok(command.spawn()?)
+    Ok(WorkerProcess(command.spawn()?))
 }
 
 fn wait_for(limit: Duration, every: Duration, mut done: impl FnMut() -> bool) -> bool {
@@ -188,12 +206,12 @@ fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
         .ok_or_else(|| anyhow::anyhow!("no {field} in /proc/{pid}/status"))
 }
 
-fn stop(child: &mut Child) {
+fn stop(worker: &mut WorkerProcess) {
     // SIGTERM, then wait: the worker drains and exits 0.
     let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &worker.id().to_string()])
         .status();
-    let _ = child.wait();
+    let _ = worker.0.wait();
 }
 
 /// Median, min and max.

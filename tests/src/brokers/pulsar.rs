@@ -74,12 +74,24 @@ impl PulsarStandalone {
                 own: Some(own),
                 external_url: None,
             };
-            match standalone.launch() {
+            let launched = standalone.launch();
+            let full_disk = launched.is_err()
+                && standalone
+                    .own
+                    .as_ref()
+                    .is_some_and(|own| !disk_warning(&own.dir).is_empty());
+            match launched {
                 Ok(()) => return Some(standalone),
+                // Another start on a full disk would fail the same way.
+                Err(why) if attempt == START_ATTEMPTS || full_disk => {
+                    failures.push(format!("start {attempt}: {why}"));
+                    break;
+                }
                 Err(why) => {
                     // Said at once, so that a start that came up only the second time shows.
                     eprintln!(
-                        "!!! the Pulsar standalone's start {attempt} of {START_ATTEMPTS} failed: {why}"
+                        "!!! the Pulsar standalone's start {attempt} of {START_ATTEMPTS} failed; \
+                         trying a fresh one: {why}"
                     );
                     failures.push(format!("start {attempt}: {why}"));
                 }
@@ -227,7 +239,8 @@ impl PulsarStandalone {
         loop {
             if let Ok(Some(status)) = child.try_wait() {
                 return Err(format!(
-                    "the JVM exited ({status}) before it was ready; its log ends with:\n{}",
+                    "the JVM exited ({status}) before it was ready{}; its log ends with:\n{}",
+                    disk_warning(&own.dir),
                     tail(&self.log(), 40)
                 ));
             }

@@ -19,9 +19,9 @@ pub const DEFAULT_TOKEN_CACHE_SIZE: usize = 10_000;
 /// The worker wraps its verifier in one automatically.
 pub struct CachingVerifier {
     inner: Arc<dyn TokenVerifier>,
-    /// Hashed with foldhash, seeded per process: only tokens whose signature checked out are
-    /// stored, so nobody without the key can fill it with colliding ones, and SipHash over a
-    /// token was a measurable share of a message's cost.
+    /// Hashed with foldhash, seeded per process: only tokens the inner verifier accepted are
+    /// stored, so filling it with colliding ones takes that many valid tokens, and SipHash over
+    /// a token was a measurable share of a message's cost.
     verified: RwLock<HashMap<Box<str>, Principal, foldhash::fast::RandomState>>,
     capacity: usize,
 }

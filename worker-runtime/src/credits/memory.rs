@@ -1,6 +1,7 @@
 //! The in-memory [`CreditLedger`]: balances and charge records in one process, for the embedded
 //! broker, demos and tests. Nothing survives a restart.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::Arc;
@@ -40,11 +41,13 @@ pub struct MemoryCreditLedger {
 struct State {
     /// principal → credit type → balance.
     balances: HashMap<String, HashMap<String, u64>>,
-    /// Unrefunded charges by key. Hashed with foldhash, seeded per process: the keys name
-    /// verified senders' messages, and SipHash cost more than the rest of a charge.
+    /// Unrefunded charges by key. Hashed with foldhash, seeded per process, which resists
+    /// chosen collisions less than SipHash: a verified sender picks its message ids, so a sender
+    /// set on slowing this ledger could try; the in-memory ledger serves one process, demos and
+    /// tests, and SipHash cost more than the rest of a charge.
     charges: HashMap<ChargeKey, ChargeRecord, foldhash::fast::RandomState>,
-    /// Every charge made, oldest first, for eviction: a refunded record leaves its entry behind
-    /// (told apart by its sequence number, never reused) until eviction or compaction drops it.
+    /// Every charge not yet evicted, oldest first: a refunded record leaves its entry behind (told
+    /// apart by its sequence number, never reused) until eviction or compaction drops it.
     order: VecDeque<(u64, ChargeKey)>,
     next_sequence: u64,
     /// Every credit type charged, shared by the records that name it.
@@ -140,22 +143,23 @@ impl MemoryCreditLedger {
             credit_types,
         } = &mut *state;
         // One lookup, whether the key is new or not.
-        let std::collections::hash_map::Entry::Vacant(record) = charges.entry(key.clone()) else {
+        let Entry::Vacant(record) = charges.entry(key.clone()) else {
             return ChargeOutcome::AlreadyCharged;
         };
-        // A balance that is missing is 0, and no amount is below 0: nothing to take it from.
-        let Some(balance) = balances
+        // A balance that is missing is 0: it covers only a charge of 0.
+        match balances
             .get_mut(&*key.principal)
             .and_then(|types| types.get_mut(credit_type))
-        else {
-            return ChargeOutcome::Insufficient { available: 0 };
-        };
-        if *balance < amount {
-            return ChargeOutcome::Insufficient {
-                available: *balance,
-            };
+        {
+            Some(balance) if *balance >= amount => *balance -= amount,
+            Some(balance) => {
+                return ChargeOutcome::Insufficient {
+                    available: *balance,
+                }
+            }
+            None if amount == 0 => {}
+            None => return ChargeOutcome::Insufficient { available: 0 },
         }
-        *balance -= amount;
         let sequence = *next_sequence;
         *next_sequence += 1;
         record.insert(ChargeRecord {
@@ -177,7 +181,15 @@ impl MemoryCreditLedger {
             return RefundOutcome::NothingToRefund;
         };
         state.compact_order();
-        let balance = state.balance_mut(key.principal.to_string(), record.credit_type.to_string());
+        let existing = state
+            .balances
+            .get_mut(&*key.principal)
+            .and_then(|types| types.get_mut(&*record.credit_type));
+        let balance = match existing {
+            Some(balance) => balance,
+            // Set to 0 since the charge: created again, which costs two owned strings.
+            None => state.balance_mut(key.principal.to_string(), record.credit_type.to_string()),
+        };
         *balance = balance.saturating_add(record.amount);
         RefundOutcome::Refunded(record.amount)
     }
@@ -223,12 +235,10 @@ impl State {
     /// the same key (refunded, then charged again).
     fn drop_oldest(&mut self) {
         if let Some((sequence, key)) = self.order.pop_front() {
-            if self
-                .charges
-                .get(&key)
-                .is_some_and(|record| record.sequence == sequence)
-            {
-                self.charges.remove(&key);
+            if let Entry::Occupied(record) = self.charges.entry(key) {
+                if record.get().sequence == sequence {
+                    record.remove();
+                }
             }
         }
     }
@@ -492,7 +502,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_key_charged_again_after_its_refund_is_evicted_by_its_new_charge() {
+    async fn a_key_charged_again_after_its_refund_keeps_its_place_by_its_new_charge() {
         let ledger = MemoryCreditLedger::new()
             .with_balance("alice", DB, 100)
             .with_max_records(2);
@@ -508,6 +518,55 @@ mod tests {
         assert_eq!(refund(&ledger, "m1").await, RefundOutcome::Refunded(1));
         assert_eq!(refund(&ledger, "m3").await, RefundOutcome::Refunded(1));
         assert_eq!(balance(&ledger, "alice").await, 99);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_age_bound_skips_the_place_a_recharged_key_left_and_keeps_its_new_charge() {
+        let ledger = MemoryCreditLedger::new()
+            .with_balance("alice", DB, 100)
+            .with_max_record_age(Duration::from_secs(60));
+        charge(&ledger, "alice", 1, "m1").await;
+        assert_eq!(refund(&ledger, "m1").await, RefundOutcome::Refunded(1));
+        tokio::time::advance(Duration::from_secs(50)).await;
+        charge(&ledger, "alice", 1, "m1").await;
+        // The first charge's place is 70 s old, the charge standing now 20 s.
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert_eq!(ledger.charge_records(), 1);
+        assert_eq!(
+            charge(&ledger, "alice", 1, "m1").await,
+            ChargeOutcome::AlreadyCharged
+        );
+        tokio::time::advance(Duration::from_secs(41)).await;
+        assert_eq!(ledger.charge_records(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_charge_the_balance_cannot_cover_leaves_no_place_in_the_order() {
+        let ledger = MemoryCreditLedger::new().with_balance("alice", DB, 1);
+        assert_eq!(
+            charge(&ledger, "alice", 2, "m1").await,
+            ChargeOutcome::Insufficient { available: 1 }
+        );
+        assert_eq!(
+            charge(&ledger, "bob", 1, "m1").await,
+            ChargeOutcome::Insufficient { available: 0 }
+        );
+        let state = ledger.state.lock();
+        assert!(state.charges.is_empty() && state.order.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_charge_of_zero_needs_no_balance() {
+        let ledger = MemoryCreditLedger::new();
+        assert_eq!(
+            charge(&ledger, "bob", 0, "m1").await,
+            ChargeOutcome::Charged
+        );
+        assert_eq!(refund(&ledger, "m1").await, RefundOutcome::NothingToRefund);
+        assert_eq!(
+            ledger.refund(&key("bob", "m1")).await.unwrap(),
+            RefundOutcome::Refunded(0)
+        );
     }
 
     #[tokio::test]

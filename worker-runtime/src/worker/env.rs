@@ -62,8 +62,9 @@ pub(crate) enum RetryMode {
 /// Everything one task's deliveries need.
 pub(crate) struct TaskEnv {
     pub config: TaskConfig,
+    /// The task's name, for logs and metric labels.
     pub task: &'static str,
-    /// The task's name, shared (charge keys hold it).
+    /// The same name, shared: charge keys hold it without copying it.
     pub task_name: Arc<str>,
     pub topic: Arc<str>,
     pub shared: Arc<WorkerShared>,
