@@ -13,14 +13,23 @@ use super::{
 };
 use crate::cli::config_file::values;
 
-/// A table's keys, checked against `valid`.
-fn check_keys(
-    table: &toml::Table,
+/// `value` as a table whose keys are all in `valid`: a value that is no table, and each key
+/// that is not valid, is a problem.
+fn table_with_keys<'v>(
+    value: &'v Value,
     valid: &[&str],
     section: &str,
     path: &str,
     problems: &mut Problems<'_>,
-) {
+) -> Option<&'v toml::Table> {
+    let Some(table) = value.as_table() else {
+        problems.push(
+            section,
+            path,
+            format!("must be a table, got {}", value.type_str()),
+        );
+        return None;
+    };
     for key in table.keys() {
         if !valid.contains(&key.as_str()) {
             problems.push(
@@ -30,6 +39,7 @@ fn check_keys(
             );
         }
     }
+    Some(table)
 }
 
 pub(super) fn read_broker(
@@ -39,15 +49,7 @@ pub(super) fn read_broker(
     problems: &mut Problems<'_>,
 ) -> Option<BrokerSpec> {
     let section = format!("broker `{name}`");
-    let Some(table) = value.as_table() else {
-        problems.push(
-            &section,
-            path,
-            format!("must be a table, got {}", value.type_str()),
-        );
-        return None;
-    };
-    check_keys(table, BROKER_KEYS, &section, path, problems);
+    let table = table_with_keys(value, BROKER_KEYS, &section, path, problems)?;
     let text = |key: &str, problems: &mut Problems<'_>| -> Option<String> {
         let value = table.get(key)?;
         match values::string(value) {
@@ -234,15 +236,7 @@ pub(super) fn read_route(
     problems: &mut Problems<'_>,
 ) -> Option<RouteSpec> {
     let section = format!("route `{name}`");
-    let Some(table) = value.as_table() else {
-        problems.push(
-            &section,
-            path,
-            format!("must be a table, got {}", value.type_str()),
-        );
-        return None;
-    };
-    check_keys(table, ROUTE_KEYS, &section, path, problems);
+    let table = table_with_keys(value, ROUTE_KEYS, &section, path, problems)?;
     let source = match table.get("source") {
         Some(source) => read_source(name, source, &format!("{path}.source"), problems),
         None => {
@@ -341,15 +335,7 @@ fn read_source(
     problems: &mut Problems<'_>,
 ) -> Option<SourceSpec> {
     let section = format!("route `{route}`");
-    let Some(table) = value.as_table() else {
-        problems.push(
-            &section,
-            path,
-            format!("must be a table, got {}", value.type_str()),
-        );
-        return None;
-    };
-    check_keys(table, SOURCE_KEYS, &section, path, problems);
+    let table = table_with_keys(value, SOURCE_KEYS, &section, path, problems)?;
     let string = |key: &str, problems: &mut Problems<'_>| -> Option<String> {
         match values::string(table.get(key)?) {
             Ok(text) => Some(text.to_owned()),
@@ -478,15 +464,7 @@ fn read_target(
     path: &str,
     problems: &mut Problems<'_>,
 ) -> Option<TargetSpec> {
-    let Some(table) = value.as_table() else {
-        problems.push(
-            section,
-            path,
-            format!("must be a table, got {}", value.type_str()),
-        );
-        return None;
-    };
-    check_keys(table, TARGET_KEYS, section, path, problems);
+    let table = table_with_keys(value, TARGET_KEYS, section, path, problems)?;
     let string = |key: &str, problems: &mut Problems<'_>| -> Option<String> {
         match values::string(table.get(key)?) {
             Ok(text) => Some(text.to_owned()),
