@@ -7,7 +7,10 @@
 //! - `worker_all_on`: a db task with a role check (HS256 token), credit charging, a rate limit high
 //!   enough never to wait (but checked for every message), the timeout, panic capture and metrics.
 //!
-//! `cargo bench -p worker-runtime --bench memory_throughput`
+//! The raw loop runs as a task on the same two-thread runtime as the worker.
+//!
+//! `cargo bench -p worker-runtime --bench memory_throughput`; with `BENCH_CPU=1` every drain also
+//! prints the CPU it cost per message and how many cores were busy.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -52,6 +55,28 @@ async fn all_off(_e: Event) -> Result<(), TaskError> {
 async fn all_on(_e: Event) -> Result<(), TaskError> {
     HANDLED.fetch_add(1, Ordering::Relaxed);
     Ok(())
+}
+
+/// Prints what a drain cost in CPU per message and how many cores were busy, with `BENCH_CPU=1`.
+fn report_cpu(what: &str, cpu: Duration, elapsed: Duration) {
+    if std::env::var_os("BENCH_CPU").is_some() {
+        eprintln!(
+            "{what}: {:.2} µs of CPU per message, {:.2} cores busy",
+            cpu.as_secs_f64() * 1e6 / MESSAGES as f64,
+            cpu.as_secs_f64() / elapsed.as_secs_f64()
+        );
+    }
+}
+
+/// The CPU time of the whole process so far (every thread), for `BENCH_CPU=1`.
+fn process_cpu() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec for the call to write into.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut now) };
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
 fn body() -> String {
@@ -99,9 +124,15 @@ async fn drain_with_worker(all_middleware: bool) -> Duration {
     let worker = builder.build().expect("valid worker");
     let shutdown = CancellationToken::new();
     let started = Instant::now();
+    let cpu_before = process_cpu();
     let running = tokio::spawn(worker.run(shutdown.clone()));
     wait_for(MESSAGES).await;
     let elapsed = started.elapsed();
+    report_cpu(
+        if all_middleware { "all on" } else { "all off" },
+        process_cpu() - cpu_before,
+        elapsed,
+    );
     shutdown.cancel();
     running.await.expect("worker task").expect("worker run");
     elapsed
@@ -122,6 +153,7 @@ async fn drain_raw() -> Duration {
         .await
         .expect("subscribe");
     let started = Instant::now();
+    let cpu_before = process_cpu();
     let mut handled = 0;
     while handled < MESSAGES {
         let batch = subscription.receive(512).await.expect("receive");
@@ -134,7 +166,9 @@ async fn drain_raw() -> Duration {
         handled += ids.len() as u64;
         subscription.ack(ids).await.expect("ack");
     }
-    started.elapsed()
+    let elapsed = started.elapsed();
+    report_cpu("raw loop", process_cpu() - cpu_before, elapsed);
+    elapsed
 }
 
 fn throughput(c: &mut Criterion) {
@@ -148,7 +182,13 @@ fn throughput(c: &mut Criterion) {
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(20));
     group.bench_function(BenchmarkId::new("raw_loop", MESSAGES), |b| {
-        b.iter_custom(|iters| (0..iters).map(|_| runtime.block_on(drain_raw())).sum())
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| {
+                    runtime.block_on(async { tokio::spawn(drain_raw()).await.expect("raw loop") })
+                })
+                .sum()
+        })
     });
     group.bench_function(BenchmarkId::new("worker_all_off", MESSAGES), |b| {
         b.iter_custom(|iters| {

@@ -18,6 +18,7 @@
 //! Time is tokio's, so tests run it in paused time.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -74,6 +75,9 @@ pub trait CircuitObserver: Send + Sync {
 pub struct CircuitBreaker {
     policy: Option<CircuitPolicy>,
     state: Mutex<Inner>,
+    /// Whether `state` is closed, readable without the lock: every delivery asks, and while all is
+    /// well the answer needs neither the lock nor a waiter on `changed`.
+    closed: AtomicBool,
     changed: Notify,
     observer: Box<dyn CircuitObserver>,
     task: &'static str,
@@ -121,6 +125,7 @@ impl CircuitBreaker {
                 probes_out: 0,
                 probes_passed: 0,
             }),
+            closed: AtomicBool::new(true),
             changed: Notify::new(),
             observer,
             task,
@@ -134,6 +139,9 @@ impl CircuitBreaker {
 
     /// Waits while the breaker is open, so that nothing is fetched meanwhile.
     pub async fn wait_unless_open(&self) {
+        if self.is_closed() {
+            return;
+        }
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
@@ -155,6 +163,9 @@ impl CircuitBreaker {
     /// Waits until a delivery may run: at once when closed, after the cooldown when open, and
     /// when half-open as one of the probes (or once the probes decided).
     pub async fn pass(&self) -> Pass {
+        if let Some(pass) = self.try_pass() {
+            return pass;
+        }
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
@@ -184,6 +195,16 @@ impl CircuitBreaker {
         }
     }
 
+    /// A pass at once when the breaker is closed, without taking its lock; `None` otherwise
+    /// (then [`pass`](Self::pass) waits for one).
+    pub fn try_pass(&self) -> Option<Pass> {
+        self.is_closed().then_some(Pass { probe: false })
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
     /// Records how the delivery `pass` let run ended.
     pub fn record(&self, pass: Pass, outcome: Outcome) {
         let counted = match outcome {
@@ -192,6 +213,10 @@ impl CircuitBreaker {
             Outcome::Failure => Outcome::Neutral,
             other => other,
         };
+        // Only probes and the outcomes a policy counts change anything: the rest take no lock.
+        if !pass.probe && (self.policy.is_none() || counted == Outcome::Neutral) {
+            return;
+        }
         let mut inner = self.state.lock();
         if pass.probe {
             if inner.state != CircuitState::HalfOpen {
@@ -278,6 +303,8 @@ impl CircuitBreaker {
 
     fn move_to(&self, inner: &mut Inner, to: CircuitState, cooldown: Duration) {
         inner.state = to;
+        self.closed
+            .store(to == CircuitState::Closed, Ordering::Release);
         inner.probes_out = 0;
         inner.probes_passed = 0;
         match to {

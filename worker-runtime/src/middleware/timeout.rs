@@ -1,8 +1,11 @@
 //! The per-attempt time limit.
 
-use std::future::Future;
+use std::future::{poll_fn, Future};
+use std::pin::pin;
+use std::task::Poll;
 use std::time::Duration;
 
+use tokio::time::{Instant, Sleep};
 use worker_core::format_duration;
 
 /// An attempt ran longer than its limit and was cancelled.
@@ -26,9 +29,34 @@ impl Elapsed {
 /// like it, it follows tokio's clock, so paused-time tests are exact. Work `f` handed to other tasks
 /// (`tokio::spawn`, `spawn_blocking`) is not cancelled with it.
 pub async fn with_timeout<F: Future>(limit: Duration, f: F) -> Result<F::Output, Elapsed> {
-    tokio::time::timeout(limit, f)
-        .await
-        .map_err(|_| Elapsed { limit })
+    timeout_from(Instant::now(), limit, f).await
+}
+
+/// [`with_timeout`] for an attempt that started at `started` (its deadline is `started + limit`).
+///
+/// The timer is made only once `f` has to wait: most attempts of a fast handler end on their
+/// first poll and never need one, and a timer costs a clock read, a handle to the runtime's timer
+/// and its registration.
+pub(crate) async fn timeout_from<F: Future>(
+    started: Instant,
+    limit: Duration,
+    f: F,
+) -> Result<F::Output, Elapsed> {
+    let mut f = pin!(f);
+    let mut timer = pin!(None::<Sleep>);
+    poll_fn(|cx| {
+        if let Poll::Ready(output) = f.as_mut().poll(cx) {
+            return Poll::Ready(Ok(output));
+        }
+        if timer.is_none() {
+            timer.set(Some(tokio::time::sleep_until(started + limit)));
+        }
+        match timer.as_mut().as_pin_mut() {
+            Some(sleep) => sleep.poll(cx).map(|()| Err(Elapsed { limit })),
+            None => Poll::Pending,
+        }
+    })
+    .await
 }
 
 #[cfg(test)]
@@ -87,6 +115,31 @@ mod tests {
         .await;
         assert_eq!(result, Ok(42));
         assert_eq!(start.elapsed(), Duration::from_millis(300));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_counts_from_the_attempts_start_not_from_its_first_wait() {
+        let started = Instant::now();
+        sleep(Duration::from_millis(600)).await;
+        let result = timeout_from(
+            started,
+            Duration::from_secs(1),
+            sleep(Duration::from_secs(2)),
+        )
+        .await;
+        assert!(result.is_err());
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_attempt_ready_at_once_passes_even_past_its_deadline() {
+        // Polled first, as tokio's own timeout does: a finished attempt is never an error.
+        let started = Instant::now();
+        sleep(Duration::from_secs(2)).await;
+        assert_eq!(
+            timeout_from(started, Duration::from_secs(1), async { 7 }).await,
+            Ok(7)
+        );
     }
 
     #[tokio::test(start_paused = true)]

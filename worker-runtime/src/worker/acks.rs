@@ -2,6 +2,10 @@
 //! whatever has accumulated as one `ack` call. Under load that is one broker round trip per many
 //! messages; when idle, an ack goes out at once.
 //!
+//! A dispatch loop of the pool gathers its own handlers' acks in an [`AckBatch`] first and hands
+//! them over whole, whenever it has nothing else ready to do or the batch is full: one message to
+//! the flusher, and one wake-up of it, per batch instead of per delivery.
+//!
 //! An ack the broker fails with a transient error (the connection dropped, a restarted server still
 //! loading its data) is sent again with backoff for up to [`ACK_RETRY_LIMIT`], with whatever
 //! queued meanwhile; only then, or at once for any other error, is it given up on and counted in
@@ -11,6 +15,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -28,15 +33,97 @@ pub const ACK_RETRY_LIMIT: Duration = Duration::from_secs(30);
 const ACK_RETRY_FIRST: Duration = Duration::from_millis(100);
 const ACK_RETRY_MAX: Duration = Duration::from_secs(2);
 
+/// The most acks an [`AckBatch`] gathers before it hands them over.
+const ACK_BATCH_FLUSH_AT: usize = 256;
+
+/// What the flusher receives: one ack, or a dispatch loop's batch.
+enum Acks {
+    One(MessageId),
+    Many(Vec<MessageId>),
+}
+
 /// Where handlers send the ids of deliveries to acknowledge.
 #[derive(Clone)]
-pub(crate) struct AckSender(mpsc::UnboundedSender<MessageId>);
+pub(crate) struct AckSender(mpsc::UnboundedSender<Acks>);
 
 impl AckSender {
     /// Queues one ack. Returns false if the flusher is gone (the id is then redelivered later,
     /// which at-least-once allows).
     pub fn ack(&self, id: MessageId) -> bool {
-        self.0.send(id).is_ok()
+        self.0.send(Acks::One(id)).is_ok()
+    }
+
+    fn ack_many(&self, ids: Vec<MessageId>) -> bool {
+        self.0.send(Acks::Many(ids)).is_ok()
+    }
+}
+
+/// One dispatch loop's acks, gathered to be handed to the flusher together. Whatever it still
+/// holds when dropped is handed over then, so an ack is never lost with the loop.
+pub(crate) struct AckBatch {
+    // Only the loop and the handlers it polls touch it, all on one thread at a time: the lock is
+    // never contended, and it is what lets those handlers borrow the batch across awaits.
+    ids: Mutex<Vec<MessageId>>,
+    sender: AckSender,
+}
+
+impl AckBatch {
+    pub fn new(sender: AckSender) -> Self {
+        AckBatch {
+            ids: Mutex::new(Vec::new()),
+            sender,
+        }
+    }
+
+    /// Adds one ack, handing the batch over if it is full.
+    pub fn ack(&self, id: MessageId) {
+        let mut ids = self.ids.lock();
+        ids.push(id);
+        if ids.len() >= ACK_BATCH_FLUSH_AT {
+            let full = std::mem::take(&mut *ids);
+            drop(ids);
+            self.sender.ack_many(full);
+        }
+    }
+
+    /// Whether nothing waits to be handed over.
+    pub fn is_empty(&self) -> bool {
+        self.ids.lock().is_empty()
+    }
+
+    /// Hands over what was gathered.
+    pub fn flush(&self) {
+        let ids = std::mem::take(&mut *self.ids.lock());
+        if !ids.is_empty() {
+            self.sender.ack_many(ids);
+        }
+    }
+}
+
+impl Drop for AckBatch {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// Where a settled delivery's ack goes.
+#[derive(Clone, Copy)]
+pub(crate) enum AckTo<'a> {
+    /// Straight to the flusher.
+    Flusher(&'a AckSender),
+    /// Into the batch of the dispatch loop that ran it.
+    Batch(&'a AckBatch),
+}
+
+impl AckTo<'_> {
+    /// Acks one delivery, by way of the batch or the flusher.
+    pub fn ack(self, id: MessageId) {
+        match self {
+            AckTo::Flusher(sender) => {
+                sender.ack(id);
+            }
+            AckTo::Batch(batch) => batch.ack(id),
+        }
     }
 }
 
@@ -49,9 +136,16 @@ pub(crate) fn start_ack_flusher(
 ) -> (AckSender, JoinHandle<()>) {
     let (sender, mut receiver) = mpsc::unbounded_channel();
     let flusher = tokio::spawn(async move {
-        let mut batch = Vec::with_capacity(MAX_ACK_BATCH);
-        while receiver.recv_many(&mut batch, MAX_ACK_BATCH).await > 0 {
-            let ids = std::mem::replace(&mut batch, Vec::with_capacity(MAX_ACK_BATCH));
+        let mut received = Vec::new();
+        while receiver.recv_many(&mut received, MAX_ACK_BATCH).await > 0 {
+            let mut ids = Vec::new();
+            for acks in received.drain(..) {
+                match acks {
+                    Acks::One(id) => ids.push(id),
+                    Acks::Many(batch) if ids.is_empty() => ids = batch,
+                    Acks::Many(batch) => ids.extend(batch),
+                }
+            }
             send_acks(&*subscription, &mut receiver, ids, task, &metrics).await;
         }
     });
@@ -61,7 +155,7 @@ pub(crate) fn start_ack_flusher(
 /// Sends `ids`, retrying transient failures (with what queued meanwhile) until [`ACK_RETRY_LIMIT`].
 async fn send_acks(
     subscription: &dyn Subscription,
-    queued: &mut mpsc::UnboundedReceiver<MessageId>,
+    queued: &mut mpsc::UnboundedReceiver<Acks>,
     mut ids: Vec<MessageId>,
     task: &'static str,
     metrics: &TaskMetrics,
@@ -94,7 +188,8 @@ async fn send_acks(
         // Acks that queued meanwhile go along with the next try.
         while ids.len() < MAX_ACK_BATCH {
             match queued.try_recv() {
-                Ok(id) => ids.push(id),
+                Ok(Acks::One(id)) => ids.push(id),
+                Ok(Acks::Many(batch)) => ids.extend(batch),
                 Err(_) => break,
             }
         }

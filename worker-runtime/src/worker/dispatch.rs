@@ -19,6 +19,7 @@ use worker_core::{Delivery, MessageId};
 
 use crate::task::Task;
 
+use super::acks::AckTo;
 use super::env::TaskEnv;
 use super::pipeline::process;
 use super::report::Counters;
@@ -63,8 +64,13 @@ impl Drop for Unsettled<'_> {
 }
 
 impl Dispatch {
-    /// Runs one delivery to its settlement, unless aborted first.
-    async fn handle<T: Task>(&self, delivery: Delivery, permit: Option<OwnedSemaphorePermit>) {
+    /// Runs one delivery to its settlement, acking through `acks`, unless aborted first.
+    async fn handle<T: Task>(
+        &self,
+        delivery: Delivery,
+        permit: Option<OwnedSemaphorePermit>,
+        acks: AckTo<'_>,
+    ) {
         let guard = Unsettled {
             id: Some(delivery.id.clone()),
             unsettled: &self.unsettled,
@@ -72,17 +78,20 @@ impl Dispatch {
         let env = &self.env;
         // While the circuit is open nothing starts; what was received waits here, spending no
         // attempt. Shutting down meanwhile gives it back (the guard).
-        let pass = tokio::select! {
-            biased;
-            pass = env.breaker.pass() => pass,
-            _ = env.stopping.cancelled() => return,
+        let pass = match env.breaker.try_pass() {
+            Some(pass) => pass,
+            None => tokio::select! {
+                biased;
+                pass = env.breaker.pass() => pass,
+                _ = env.stopping.cancelled() => return,
+            },
         };
         let _in_flight = env.metrics.in_flight();
         let run = async {
             let processed = process::<T>(env, &delivery).await;
             env.breaker
                 .record(pass, processed.verdict.circuit_outcome());
-            settle(env, delivery, processed, permit).await;
+            settle(env, delivery, processed, permit, acks).await;
         };
         // `run` first: a handler that finishes on its first poll never registers with the token.
         tokio::select! {

@@ -17,7 +17,7 @@ use crate::middleware::auth::authorize;
 use crate::middleware::circuit_breaker::Outcome;
 use crate::middleware::panic::catch_panic;
 use crate::middleware::retry::{decide, RetryDecision};
-use crate::middleware::timeout::with_timeout;
+use crate::middleware::timeout::timeout_from;
 use crate::task::Task;
 
 use super::env::{RetryMode, TaskEnv};
@@ -352,7 +352,12 @@ async fn run_handler<T: Task>(
     );
     env.metrics.attempt(attempt);
     let started = Instant::now();
-    let result = with_timeout(env.config.timeout, catch_panic(T::handle(payload, ctx))).await;
+    let result = timeout_from(
+        started,
+        env.config.timeout,
+        catch_panic(T::handle(payload, ctx)),
+    )
+    .await;
     env.metrics.handler_duration(started.elapsed());
     let (kind, error) = match result {
         Ok(Ok(Ok(output))) => {

@@ -12,6 +12,7 @@ use crate::middleware::dead_letter::{
     dead_letter_message, sanitize_error, DeadLetter, MAX_DLQ_ERROR_LEN,
 };
 
+use super::acks::AckTo;
 use super::env::{RetryMode, TaskEnv};
 use super::pipeline::{Processed, Verdict};
 use super::report::Counters;
@@ -20,13 +21,14 @@ use super::report::Counters;
 const PUBLISH_RETRY_FIRST: Duration = Duration::from_millis(100);
 const PUBLISH_RETRY_MAX: Duration = Duration::from_secs(10);
 
-/// Acts on the verdict. `permit` is the delivery's concurrency slot; it is released early when a
-/// retry waits in the worker, so that a waiting retry holds no slot.
+/// Acts on the verdict, acking through `acks`. `permit` is the delivery's concurrency slot; it is
+/// released early when a retry waits in the worker, so that a waiting retry holds no slot.
 pub(crate) async fn settle(
     env: &TaskEnv,
     delivery: Delivery,
     processed: Processed,
     permit: Option<OwnedSemaphorePermit>,
+    acks: AckTo<'_>,
 ) {
     let Processed {
         verdict,
@@ -41,12 +43,12 @@ pub(crate) async fn settle(
                 // Before the ack: a crash between the two costs one extra run at most.
                 record_handled(env, &message_id, window).await;
             }
-            env.acks.ack(delivery.id);
+            acks.ack(delivery.id);
             env.metrics.ok();
             Counters::add(&env.counters.succeeded, 1);
         }
         Verdict::AlreadyHandled => {
-            env.acks.ack(delivery.id);
+            acks.ack(delivery.id);
             env.metrics.duplicate();
             Counters::add(&env.counters.duplicates, 1);
         }
@@ -90,7 +92,7 @@ pub(crate) async fn settle(
                 }
             }
             publish_confirmed(env, &env.config.topic, retry, "retry").await;
-            env.acks.ack(delivery.id);
+            acks.ack(delivery.id);
             env.metrics.retried();
             Counters::add(&env.counters.retried, 1);
         }
@@ -127,7 +129,7 @@ pub(crate) async fn settle(
                 refund(env, charge).await;
             }
             publish_confirmed(env, &env.config.dlq_topic, copy, "dead-letter copy").await;
-            env.acks.ack(delivery.id);
+            acks.ack(delivery.id);
             env.metrics.dead_lettered(reason);
             Counters::add(&env.counters.dead_lettered, 1);
         }

@@ -10,6 +10,7 @@ use worker_core::Delivery;
 
 use crate::task::Task;
 
+use super::super::acks::AckTo;
 use super::{Dispatch, MAX_RECEIVE_BATCH, RECEIVE_RETRY_FIRST};
 
 impl Dispatch {
@@ -72,7 +73,8 @@ impl Dispatch {
                     None => return,
                 },
             };
-            self.handle::<T>(delivery, None).await;
+            self.handle::<T>(delivery, None, AckTo::Flusher(&self.env.acks))
+                .await;
         }
         queue.close();
         while let Some(delivery) = queue.recv().await {

@@ -10,6 +10,8 @@
 //! handlers of its loop, as it would any task of that runtime thread.
 
 use std::collections::VecDeque;
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use futures_util::stream::{FuturesUnordered, StreamExt as _};
@@ -18,6 +20,7 @@ use worker_core::Delivery;
 
 use crate::task::Task;
 
+use super::super::acks::{AckBatch, AckTo};
 use super::{Dispatch, MAX_RECEIVE_BATCH, RECEIVE_RETRY_FIRST};
 
 impl Dispatch {
@@ -31,27 +34,42 @@ impl Dispatch {
         // receive is rare, few enough that the loops share the work evenly and that the broker
         // client refills its queue while they run (the slots bound what runs).
         let batch = (config.receiver_queue_size / (4 * loops)).clamp(1, MAX_RECEIVE_BATCH);
+        let stopping = Arc::new(AtomicBool::new(false));
         for _ in 0..loops {
             let dispatch = self.clone();
             self.tracker
-                .spawn(dispatch.dispatch_loop::<T>(slots.clone(), batch));
+                .spawn(dispatch.dispatch_loop::<T>(slots.clone(), batch, stopping.clone()));
         }
         self.env.stopping.cancelled().await;
+        stopping.store(true, Ordering::Release);
     }
 
     /// One dispatch loop: receives batches of up to `batch` and runs them, each delivery once it
     /// holds one of `slots`, until shutdown starts; then lets what runs finish. Aborting (the
     /// grace period is over, or the worker was dropped) ends it at once, dropping its handlers.
-    async fn dispatch_loop<T: Task>(self: Arc<Self>, slots: Arc<Semaphore>, batch: usize) {
+    ///
+    /// `stopping` is set once shutdown starts. The loop checks it on every turn, a load of one
+    /// word, and waits on the token itself only when it has nothing else to do: a cancellation
+    /// future polled on every turn would take the token's locks twice per delivery.
+    async fn dispatch_loop<T: Task>(
+        self: Arc<Self>,
+        slots: Arc<Semaphore>,
+        batch: usize,
+        stopping: Arc<AtomicBool>,
+    ) {
         tokio::select! {
             biased;
             _ = self.abort.cancelled() => {}
-            _ = self.run_loop::<T>(&slots, batch) => {}
+            _ = self.run_loop::<T>(&slots, batch, &stopping) => {}
         }
     }
 
-    async fn run_loop<T: Task>(&self, slots: &Arc<Semaphore>, batch: usize) {
+    async fn run_loop<T: Task>(&self, slots: &Arc<Semaphore>, batch: usize, stopping: &AtomicBool) {
         let env = &self.env;
+        let mut stopped = pin!(env.stopping.cancelled());
+        // Declared before `running`, whose handlers borrow it, so that it outlives them; dropped,
+        // it hands over what it still holds.
+        let acks = AckBatch::new(env.acks.clone());
         let mut running = FuturesUnordered::new();
         // Received, not started yet.
         let mut waiting: VecDeque<Delivery> = VecDeque::new();
@@ -62,6 +80,9 @@ impl Dispatch {
         let mut receiving = None;
         let mut pause = RECEIVE_RETRY_FIRST;
         loop {
+            if stopping.load(Ordering::Acquire) {
+                break;
+            }
             while !waiting.is_empty() {
                 let Some(permit) = slot
                     .take()
@@ -70,7 +91,7 @@ impl Dispatch {
                     break;
                 };
                 if let Some(delivery) = waiting.pop_front() {
-                    running.push(self.handle::<T>(delivery, Some(permit)));
+                    running.push(self.handle::<T>(delivery, Some(permit), AckTo::Batch(&acks)));
                 }
             }
             // Receive once everything received has started and some slot is free. The slot is
@@ -85,7 +106,6 @@ impl Dispatch {
             let wants_slot = slot.is_none() && (!waiting.is_empty() || receiving.is_none());
             tokio::select! {
                 biased;
-                _ = env.stopping.cancelled() => break,
                 Some(()) = running.next(), if !running.is_empty() => {
                     // A settled delivery is a unit of work: the loop yields to the runtime's
                     // other tasks (the broker connection, the ack flusher) every so often
@@ -108,13 +128,20 @@ impl Dispatch {
                         None => break,
                     }
                 }
+                // Nothing else is ready: hand the gathered acks over before waiting.
+                () = std::future::ready(()), if !acks.is_empty() => acks.flush(),
+                _ = &mut stopped => break,
             }
         }
         // Shutting down: nothing more starts; what runs may finish, within the grace period.
         drop(receiving);
         drop(slot);
         self.never_started(waiting);
-        while running.next().await.is_some() {}
+        acks.flush();
+        // One at a time: a crash while the slowest handler finishes should not cost the others' acks.
+        while running.next().await.is_some() {
+            acks.flush();
+        }
     }
 }
 
