@@ -1,12 +1,13 @@
 //! The in-memory [`CreditLedger`]: balances and charge records in one process, for the embedded
 //! broker, demos and tests. Nothing survives a restart.
 
-use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hashbrown::hash_table::{Entry, HashTable};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 use worker_core::BoxFuture;
@@ -33,28 +34,35 @@ pub const DEFAULT_MAX_CHARGE_RECORDS: usize = 1_000_000;
 /// (retries included) and how long a message can take from first charge to dead letter.
 pub struct MemoryCreditLedger {
     state: Mutex<State>,
+    /// Hashes charge keys, before the lock is taken. Foldhash, seeded per process, resists
+    /// chosen collisions less than SipHash: a verified sender picks its message ids, so a sender
+    /// set on slowing this ledger could try; the in-memory ledger serves one process, demos and
+    /// tests, and SipHash cost more than the rest of a charge.
+    hasher: FastHash,
     max_records: usize,
     max_record_age: Option<Duration>,
 }
 
 #[derive(Default)]
 struct State {
-    /// principal → credit type → balance.
-    balances: HashMap<String, HashMap<String, u64>>,
-    /// Unrefunded charges by key. Hashed with foldhash, seeded per process, which resists
-    /// chosen collisions less than SipHash: a verified sender picks its message ids, so a sender
-    /// set on slowing this ledger could try; the in-memory ledger serves one process, demos and
-    /// tests, and SipHash cost more than the rest of a charge.
-    charges: HashMap<ChargeKey, ChargeRecord, foldhash::fast::RandomState>,
-    /// Every charge not yet evicted, oldest first: a refunded record leaves its entry behind (told
-    /// apart by its sequence number, never reused) until eviction or compaction drops it.
-    order: VecDeque<(u64, ChargeKey)>,
+    /// principal → credit type → balance, hashed with foldhash too (every charge looks one up
+    /// under the lock).
+    balances: HashMap<String, HashMap<String, u64, FastHash>, FastHash>,
+    /// Unrefunded charges, found by the hash of their key.
+    charges: HashTable<ChargeRecord>,
+    /// Every charge not yet evicted, oldest first, as its sequence number (never reused) and the
+    /// hash of its key, which find its record without a copy of the key. A refunded record leaves
+    /// its entry behind until eviction or compaction drops it.
+    order: VecDeque<(u64, u64)>,
     next_sequence: u64,
     /// Every credit type charged, shared by the records that name it.
     credit_types: HashSet<Arc<str>>,
 }
 
+type FastHash = foldhash::fast::RandomState;
+
 struct ChargeRecord {
+    key: ChargeKey,
     credit_type: Arc<str>,
     amount: u64,
     sequence: u64,
@@ -66,6 +74,7 @@ impl MemoryCreditLedger {
     pub fn new() -> Self {
         MemoryCreditLedger {
             state: Mutex::new(State::default()),
+            hasher: FastHash::default(),
             max_records: DEFAULT_MAX_CHARGE_RECORDS,
             max_record_age: None,
         }
@@ -132,6 +141,11 @@ impl MemoryCreditLedger {
     }
 
     fn charge_now(&self, key: &ChargeKey, credit_type: &str, amount: u64) -> ChargeOutcome {
+        // Hashed and copied before the lock: the copy touches the reference counts every
+        // delivery shares (the task's name, the sender), which the other threads keep moving.
+        // Declared before the guard, an unused copy is dropped after the lock is released.
+        let hash = self.hasher.hash_one(key);
+        let stored = key.clone();
         let now = Instant::now();
         let mut state = self.state.lock();
         self.evict(&mut state, now);
@@ -143,7 +157,8 @@ impl MemoryCreditLedger {
             credit_types,
         } = &mut *state;
         // One lookup, whether the key is new or not.
-        let Entry::Vacant(record) = charges.entry(key.clone()) else {
+        let rehash = |record: &ChargeRecord| self.hasher.hash_one(&record.key);
+        let Entry::Vacant(vacant) = charges.entry(hash, |record| record.key == *key, rehash) else {
             return ChargeOutcome::AlreadyCharged;
         };
         // A balance that is missing is 0: it covers only a charge of 0.
@@ -162,24 +177,27 @@ impl MemoryCreditLedger {
         }
         let sequence = *next_sequence;
         *next_sequence += 1;
-        record.insert(ChargeRecord {
+        vacant.insert(ChargeRecord {
+            key: stored,
             credit_type: intern(credit_types, credit_type),
             amount,
             sequence,
             charged_at: now,
         });
-        order.push_back((sequence, key.clone()));
+        order.push_back((sequence, hash));
         // The record just added may push the count over the bound.
         self.evict(&mut state, now);
         ChargeOutcome::Charged
     }
 
     fn refund_now(&self, key: &ChargeKey) -> RefundOutcome {
+        let hash = self.hasher.hash_one(key);
         let mut state = self.state.lock();
         self.evict(&mut state, Instant::now());
-        let Some(record) = state.charges.remove(key) else {
+        let Ok(found) = state.charges.find_entry(hash, |record| record.key == *key) else {
             return RefundOutcome::NothingToRefund;
         };
+        let (record, _) = found.remove();
         state.compact_order();
         let existing = state
             .balances
@@ -200,10 +218,9 @@ impl MemoryCreditLedger {
             state.drop_oldest();
         }
         if let Some(max_age) = self.max_record_age {
-            while let Some((sequence, key)) = state.order.front() {
-                let expired = state.charges.get(key).is_none_or(|record| {
-                    record.sequence != *sequence
-                        || now.saturating_duration_since(record.charged_at) > max_age
+            while let Some(&(sequence, hash)) = state.order.front() {
+                let expired = state.record(sequence, hash).is_none_or(|record| {
+                    now.saturating_duration_since(record.charged_at) > max_age
                 });
                 if !expired {
                     break;
@@ -231,14 +248,22 @@ impl State {
             .or_insert(0)
     }
 
-    /// Drops the oldest entry of `order`, and its record unless the record is a newer charge of
-    /// the same key (refunded, then charged again).
+    /// The record of the charge numbered `sequence`, whose key hashed to `hash`, if it is still
+    /// kept (not refunded, not dropped).
+    fn record(&self, sequence: u64, hash: u64) -> Option<&ChargeRecord> {
+        self.charges
+            .find(hash, |record| record.sequence == sequence)
+    }
+
+    /// Drops the oldest entry of `order`, and its record if that charge is still kept (a key
+    /// refunded and charged again has a newer record, with a newer sequence number).
     fn drop_oldest(&mut self) {
-        if let Some((sequence, key)) = self.order.pop_front() {
-            if let Entry::Occupied(record) = self.charges.entry(key) {
-                if record.get().sequence == sequence {
-                    record.remove();
-                }
+        if let Some((sequence, hash)) = self.order.pop_front() {
+            if let Ok(record) = self
+                .charges
+                .find_entry(hash, |record| record.sequence == sequence)
+            {
+                record.remove();
             }
         }
     }
@@ -248,10 +273,10 @@ impl State {
     fn compact_order(&mut self) {
         if self.order.len() > 2 * self.charges.len() + 64 {
             let charges = &self.charges;
-            self.order.retain(|(sequence, key)| {
+            self.order.retain(|&(sequence, hash)| {
                 charges
-                    .get(key)
-                    .is_some_and(|record| record.sequence == *sequence)
+                    .find(hash, |record| record.sequence == sequence)
+                    .is_some()
             });
         }
     }

@@ -106,24 +106,43 @@ impl Histogram {
 
     /// A cumulative copy for encoding.
     pub(crate) fn snapshot(&self) -> HistogramSnapshot {
+        Histogram::merged_snapshot(self.buckets, std::iter::once(self))
+    }
+
+    /// One cumulative copy of several histograms over the same `buckets` (the stripes of one
+    /// series), as if every observation had gone to one.
+    pub(crate) fn merged_snapshot<'a>(
+        buckets: &'static Buckets,
+        parts: impl Iterator<Item = &'a Histogram> + Clone,
+    ) -> HistogramSnapshot {
         let mut running = 0u64;
-        let mut cumulative = Vec::with_capacity(self.counts.len());
-        let labels = self.buckets.labels.iter().copied().chain(["+Inf"]);
-        for (label, count) in labels.zip(self.counts.iter()) {
-            running = running.saturating_add(count.load(Relaxed));
+        let mut cumulative = Vec::with_capacity(buckets.bounds.len() + 1);
+        let labels = buckets.labels.iter().copied().chain(["+Inf"]);
+        for (index, label) in labels.enumerate() {
+            let count = parts
+                .clone()
+                .filter_map(|part| part.counts.get(index))
+                .map(|count| count.load(Relaxed))
+                .fold(0u64, u64::saturating_add);
+            running = running.saturating_add(count);
             cumulative.push((label, running));
         }
-        let sum = loop {
+        let sum: u128 = parts.map(Histogram::exact_sum).sum();
+        HistogramSnapshot {
+            cumulative,
+            sum: sum as f64 / buckets.divisor,
+            count: running,
+        }
+    }
+
+    /// The sum of observations in units, read consistently with its carry.
+    fn exact_sum(&self) -> u128 {
+        loop {
             let carry = self.sum_carry.load(Relaxed);
             let low = self.sum.load(Relaxed);
             if self.sum_carry.load(Relaxed) == carry {
-                break ((u128::from(carry) << 64) | u128::from(low)) as f64 / self.buckets.divisor;
+                return (u128::from(carry) << 64) | u128::from(low);
             }
-        };
-        HistogramSnapshot {
-            cumulative,
-            sum,
-            count: running,
         }
     }
 }

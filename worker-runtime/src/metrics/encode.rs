@@ -45,11 +45,7 @@ pub(super) fn encode(
     );
     for t in tasks {
         let labels = [("task", &*t.task), ("consumer", c)];
-        w.sample(
-            "worker_messages_received_total",
-            &labels,
-            t.received.load(Relaxed),
-        );
+        w.sample("worker_messages_received_total", &labels, t.received());
     }
 
     w.family(
@@ -65,7 +61,7 @@ pub(super) fn encode(
             .map(|r| t.dead_letters_of(r))
             .fold(0u64, u64::saturating_add);
         for (outcome, value) in [
-            ("ok", t.ok.load(Relaxed)),
+            ("ok", t.ok()),
             ("retried", t.retried.load(Relaxed)),
             ("dead_lettered", dead_lettered),
             ("forbidden", forbidden),
@@ -226,7 +222,7 @@ pub(super) fn encode(
         "Time of one handler attempt.",
     );
     for t in tasks {
-        let snapshot = t.handler_duration.snapshot();
+        let snapshot = t.handler_duration();
         w.histogram(
             "worker_handler_duration_seconds",
             &[("task", &*t.task)],
@@ -240,7 +236,7 @@ pub(super) fn encode(
         "The attempt number of each handler run (1 for the first).",
     );
     for t in tasks {
-        let snapshot = t.attempts.snapshot();
+        let snapshot = t.attempts();
         w.histogram("worker_attempts", &[("task", &*t.task)], &snapshot);
     }
 
@@ -250,11 +246,7 @@ pub(super) fn encode(
         "Handler attempts running now.",
     );
     for t in tasks {
-        w.sample(
-            "worker_in_flight",
-            &[("task", &*t.task)],
-            t.in_flight.load(Relaxed),
-        );
+        w.sample("worker_in_flight", &[("task", &*t.task)], t.in_flight());
     }
 
     w.family(

@@ -38,6 +38,7 @@ mod encode;
 mod fanout;
 mod route;
 pub mod server;
+pub(crate) mod striped;
 mod task;
 mod text;
 

@@ -8,7 +8,8 @@ use std::time::Duration;
 use parking_lot::RwLock;
 use worker_core::DeadLetterReason;
 
-use super::atomic::{nanos, Buckets, DurationSum, Histogram};
+use super::atomic::{nanos, Buckets, DurationSum, Histogram, HistogramSnapshot};
+use super::striped::Striped;
 use super::text::escape_label_value;
 
 /// Handler durations in nanoseconds: 100 µs to 5 min.
@@ -65,8 +66,9 @@ fn reason_index(reason: DeadLetterReason) -> usize {
 pub(super) struct TaskCells {
     pub(super) task: String,
     pub(super) topic: String,
-    pub(super) received: AtomicU64,
-    pub(super) ok: AtomicU64,
+    /// The cells every delivery updates, one copy per thread stripe: read them through
+    /// [`Self::received`], [`Self::ok`], [`Self::in_flight`] and the snapshots.
+    hot: Striped<HotCells>,
     pub(super) retried: AtomicU64,
     pub(super) duplicates: AtomicU64,
     /// One counter per reason, in [`DeadLetterReason::ALL`] order.
@@ -88,9 +90,6 @@ pub(super) struct TaskCells {
     pub(super) subscription: RwLock<String>,
     /// What waits for the subscription, as last sampled; -1 while unknown.
     pub(super) backlog: AtomicI64,
-    pub(super) handler_duration: Histogram,
-    pub(super) attempts: Histogram,
-    pub(super) in_flight: AtomicI64,
     pub(super) rate_limit_wait: DurationSum,
     pub(super) rate_limit_waits: AtomicU64,
     pub(super) credits: CreditCounters,
@@ -101,8 +100,13 @@ impl TaskCells {
         TaskCells {
             task: escape_label_value(task),
             topic: escape_label_value(topic),
-            received: AtomicU64::new(0),
-            ok: AtomicU64::new(0),
+            hot: Striped::new(|| HotCells {
+                received: AtomicU64::new(0),
+                ok: AtomicU64::new(0),
+                in_flight: AtomicI64::new(0),
+                handler_duration: Histogram::new(&HANDLER_DURATION),
+                attempts: Histogram::new(&ATTEMPTS),
+            }),
             retried: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             dead_letters: Default::default(),
@@ -116,19 +120,52 @@ impl TaskCells {
             timeout: AtomicU64::new(0),
             subscription: RwLock::new(String::new()),
             backlog: AtomicI64::new(-1),
-            handler_duration: Histogram::new(&HANDLER_DURATION),
-            attempts: Histogram::new(&ATTEMPTS),
-            in_flight: AtomicI64::new(0),
             rate_limit_wait: DurationSum::default(),
             rate_limit_waits: AtomicU64::new(0),
             credits: CreditCounters::default(),
         }
     }
 
+    /// Deliveries taken from the broker.
+    pub(super) fn received(&self) -> u64 {
+        self.hot.all().map(|h| h.received.load(Relaxed)).sum()
+    }
+
+    /// Attempts that succeeded.
+    pub(super) fn ok(&self) -> u64 {
+        self.hot.all().map(|h| h.ok.load(Relaxed)).sum()
+    }
+
+    /// Handler attempts running now (a stripe alone may be negative: an attempt can end on
+    /// another thread than it started on).
+    pub(super) fn in_flight(&self) -> i64 {
+        self.hot.all().map(|h| h.in_flight.load(Relaxed)).sum()
+    }
+
+    pub(super) fn handler_duration(&self) -> HistogramSnapshot {
+        Histogram::merged_snapshot(
+            &HANDLER_DURATION,
+            self.hot.all().map(|h| &h.handler_duration),
+        )
+    }
+
+    pub(super) fn attempts(&self) -> HistogramSnapshot {
+        Histogram::merged_snapshot(&ATTEMPTS, self.hot.all().map(|h| &h.attempts))
+    }
+
     /// The dead-letter count of `reason`.
     pub(super) fn dead_letters_of(&self, reason: DeadLetterReason) -> u64 {
         self.dead_letters[reason_index(reason)].load(Relaxed)
     }
+}
+
+/// The cells of [`TaskCells`] that every delivery updates.
+struct HotCells {
+    received: AtomicU64,
+    ok: AtomicU64,
+    in_flight: AtomicI64,
+    handler_duration: Histogram,
+    attempts: Histogram,
 }
 
 /// Credits charged, by credit type. A task nearly always charges one type, so the first type seen
@@ -143,16 +180,30 @@ pub(super) struct CreditSeries {
     /// The credit type, escaped.
     pub(super) credit_type: String,
     raw_type: Box<str>,
-    pub(super) total: AtomicU64,
+    /// Charged by every delivery of a db task that charges credits: striped.
+    total: Striped<AtomicU64>,
 }
 
 impl CreditSeries {
     fn new(credit_type: &str, amount: u64) -> Self {
-        CreditSeries {
+        let series = CreditSeries {
             credit_type: escape_label_value(credit_type),
             raw_type: credit_type.into(),
-            total: AtomicU64::new(amount),
-        }
+            total: Striped::default(),
+        };
+        series.add(amount);
+        series
+    }
+
+    fn add(&self, amount: u64) {
+        self.total.local().fetch_add(amount, Relaxed);
+    }
+
+    fn total(&self) -> u64 {
+        self.total
+            .all()
+            .map(|t| t.load(Relaxed))
+            .fold(0, u64::saturating_add)
     }
 }
 
@@ -167,7 +218,7 @@ impl CreditCounters {
             return;
         }
         if &*first.raw_type == credit_type {
-            first.total.fetch_add(amount, Relaxed);
+            first.add(amount);
             return;
         }
         if let Some(series) = self
@@ -176,14 +227,12 @@ impl CreditCounters {
             .iter()
             .find(|s| &*s.raw_type == credit_type)
         {
-            series.total.fetch_add(amount, Relaxed);
+            series.add(amount);
             return;
         }
         let mut more = self.more.write();
         match more.iter().find(|s| &*s.raw_type == credit_type) {
-            Some(series) => {
-                series.total.fetch_add(amount, Relaxed);
-            }
+            Some(series) => series.add(amount),
             None => more.push(CreditSeries::new(credit_type, amount)),
         }
     }
@@ -194,13 +243,13 @@ impl CreditCounters {
             .first
             .get()
             .into_iter()
-            .map(|s| (s.credit_type.clone(), s.total.load(Relaxed)))
+            .map(|s| (s.credit_type.clone(), s.total()))
             .collect();
         all.extend(
             self.more
                 .read()
                 .iter()
-                .map(|s| (s.credit_type.clone(), s.total.load(Relaxed))),
+                .map(|s| (s.credit_type.clone(), s.total())),
         );
         all.sort();
         all
@@ -222,12 +271,12 @@ impl TaskMetrics {
 
     /// Counts `n` deliveries taken from the broker.
     pub fn received(&self, n: u64) {
-        self.cells.received.fetch_add(n, Relaxed);
+        self.cells.hot.local().received.fetch_add(n, Relaxed);
     }
 
     /// Counts an attempt that succeeded (outcome `ok`).
     pub fn ok(&self) {
-        self.cells.ok.fetch_add(1, Relaxed);
+        self.cells.hot.local().ok.fetch_add(1, Relaxed);
     }
 
     /// Counts an attempt that failed and was scheduled for a retry (outcome `retried`).
@@ -286,17 +335,17 @@ impl TaskMetrics {
 
     /// Records how long one handler attempt took.
     pub fn handler_duration(&self, d: Duration) {
-        self.cells.handler_duration.observe(nanos(d));
+        self.cells.hot.local().handler_duration.observe(nanos(d));
     }
 
     /// Records which attempt (1 for the first) a handler run was.
     pub fn attempt(&self, attempt: u32) {
-        self.cells.attempts.observe(u64::from(attempt));
+        self.cells.hot.local().attempts.observe(u64::from(attempt));
     }
 
     /// Counts one handler attempt as running until the returned guard is dropped.
     pub fn in_flight(&self) -> InFlightGuard<'_> {
-        self.cells.in_flight.fetch_add(1, Relaxed);
+        self.cells.hot.local().in_flight.fetch_add(1, Relaxed);
         InFlightGuard { cells: &self.cells }
     }
 
@@ -333,7 +382,7 @@ pub struct InFlightGuard<'a> {
 
 impl Drop for InFlightGuard<'_> {
     fn drop(&mut self) {
-        self.cells.in_flight.fetch_sub(1, Relaxed);
+        self.cells.hot.local().in_flight.fetch_sub(1, Relaxed);
     }
 }
 

@@ -22,7 +22,7 @@ use crate::task::Task;
 use super::acks::AckTo;
 use super::env::TaskEnv;
 use super::pipeline::process;
-use super::report::Counters;
+use super::report::Count;
 use super::settle::settle;
 
 /// The most deliveries taken from the broker in one call.
@@ -128,7 +128,7 @@ impl Dispatch {
                 Ok(deliveries) => {
                     let count = deliveries.len() as u64;
                     env.metrics.received(count);
-                    Counters::add(&env.counters.received, count);
+                    env.counters.add(Count::Received, count);
                     return Some((deliveries, RECEIVE_RETRY_FIRST));
                 }
                 Err(error) => {

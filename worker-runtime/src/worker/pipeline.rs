@@ -21,7 +21,7 @@ use crate::middleware::timeout::timeout_from;
 use crate::task::Task;
 
 use super::env::{RetryMode, TaskEnv};
-use super::report::Counters;
+use super::report::Count;
 
 /// What should happen to a delivery.
 #[derive(Debug)]
@@ -168,7 +168,7 @@ pub(crate) async fn process<T: Task>(env: &TaskEnv, delivery: &Delivery) -> Proc
                 } if env.retry_mode == RetryMode::InPlace => {
                     tracing::info!(%error, ?delay, "attempt failed; retrying in place");
                     env.metrics.retried();
-                    Counters::add(&env.counters.retried, 1);
+                    env.counters.add(Count::Retried, 1);
                     tokio::select! {
                         biased;
                         _ = tokio::time::sleep(delay) => {}

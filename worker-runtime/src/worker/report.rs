@@ -2,6 +2,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::metrics::striped::Striped;
+
 /// Counts of what one task's consumer did during a worker's run.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TaskReport {
@@ -36,32 +38,44 @@ impl WorkerReport {
     }
 }
 
-/// The live counters behind a [`TaskReport`]; relaxed atomics, read once at the end.
-#[derive(Debug, Default)]
+/// One of the counts of a [`TaskReport`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Count {
+    Received,
+    Succeeded,
+    Retried,
+    DeadLettered,
+    Nacked,
+    Duplicates,
+}
+
+/// The live counters behind a [`TaskReport`]: relaxed atomics, one set per thread stripe (every
+/// delivery adds to two of them), summed once at the end.
+#[derive(Default)]
 pub(crate) struct Counters {
-    pub received: AtomicU64,
-    pub succeeded: AtomicU64,
-    pub retried: AtomicU64,
-    pub dead_lettered: AtomicU64,
-    pub nacked: AtomicU64,
-    pub duplicates: AtomicU64,
+    stripes: Striped<[AtomicU64; 6]>,
 }
 
 impl Counters {
-    pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
+    pub fn add(&self, count: Count, n: u64) {
+        self.stripes.local()[count as usize].fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn report(&self, task: &str) -> TaskReport {
-        let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let read = |count: Count| {
+            self.stripes
+                .all()
+                .map(|cells| cells[count as usize].load(Ordering::Relaxed))
+                .fold(0, u64::saturating_add)
+        };
         TaskReport {
             task: task.to_owned(),
-            received: read(&self.received),
-            succeeded: read(&self.succeeded),
-            retried: read(&self.retried),
-            dead_lettered: read(&self.dead_lettered),
-            nacked: read(&self.nacked),
-            duplicates: read(&self.duplicates),
+            received: read(Count::Received),
+            succeeded: read(Count::Succeeded),
+            retried: read(Count::Retried),
+            dead_lettered: read(Count::DeadLettered),
+            nacked: read(Count::Nacked),
+            duplicates: read(Count::Duplicates),
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::middleware::dead_letter::{
 use super::acks::AckTo;
 use super::env::{RetryMode, TaskEnv};
 use super::pipeline::{Processed, Verdict};
-use super::report::Counters;
+use super::report::Count;
 
 /// The first and the longest wait between attempts to publish a retry or a DLQ copy.
 const PUBLISH_RETRY_FIRST: Duration = Duration::from_millis(100);
@@ -45,12 +45,12 @@ pub(crate) async fn settle(
             }
             acks.ack(delivery.id);
             env.metrics.ok();
-            Counters::add(&env.counters.succeeded, 1);
+            env.counters.add(Count::Succeeded, 1);
         }
         Verdict::AlreadyHandled => {
             acks.ack(delivery.id);
             env.metrics.duplicate();
-            Counters::add(&env.counters.duplicates, 1);
+            env.counters.add(Count::Duplicates, 1);
         }
         Verdict::Retry {
             next_attempt,
@@ -94,7 +94,7 @@ pub(crate) async fn settle(
             publish_confirmed(env, &env.config.topic, retry, "retry").await;
             acks.ack(delivery.id);
             env.metrics.retried();
-            Counters::add(&env.counters.retried, 1);
+            env.counters.add(Count::Retried, 1);
         }
         Verdict::DeadLetter { reason, error } => {
             let error = sanitize_error(&error, MAX_DLQ_ERROR_LEN);
@@ -131,7 +131,7 @@ pub(crate) async fn settle(
             publish_confirmed(env, &env.config.dlq_topic, copy, "dead-letter copy").await;
             acks.ack(delivery.id);
             env.metrics.dead_lettered(reason);
-            Counters::add(&env.counters.dead_lettered, 1);
+            env.counters.add(Count::DeadLettered, 1);
         }
         Verdict::GiveBack { after, error } => {
             if !after.is_zero() {
@@ -149,7 +149,7 @@ pub(crate) async fn settle(
 
 /// Nacks one delivery so the broker delivers it again.
 pub(crate) async fn give_back(env: &TaskEnv, delivery: Delivery, why: &str) {
-    Counters::add(&env.counters.nacked, 1);
+    env.counters.add(Count::Nacked, 1);
     if let Err(error) = env.subscription.nack(vec![delivery.id]).await {
         // Unacked deliveries come back anyway when the consumer goes away.
         tracing::warn!(task = env.task, %error, why, "nack failed");
