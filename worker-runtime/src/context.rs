@@ -26,11 +26,26 @@ struct ContextInner {
 
 /// What every context of one task in one worker shares, behind one reference count rather than
 /// one each: a context is made for every delivery, on every thread.
+#[derive(Clone)]
 pub(crate) struct WorkerSide {
     pub task: &'static str,
+    /// The same name, shared: charge keys hold it without copying it.
+    pub task_name: Arc<str>,
     pub topic: Arc<str>,
     pub consumer: Arc<str>,
     pub broker: Arc<dyn Broker>,
+}
+
+impl WorkerSide {
+    /// A copy for one dispatch loop or lane, with reference counts of its own for itself and for
+    /// what its deliveries clone (the task's name): counts that every thread moved would move
+    /// their cache line from core to core on every delivery.
+    pub fn for_one_runner(&self) -> Arc<WorkerSide> {
+        Arc::new(WorkerSide {
+            task_name: Arc::from(self.task),
+            ..self.clone()
+        })
+    }
 }
 
 /// The parts a [`TaskContext`] is made of.
@@ -63,6 +78,7 @@ impl TaskContext {
         } = parts;
         let worker = Arc::new(WorkerSide {
             task,
+            task_name: Arc::from(task),
             topic,
             consumer,
             broker,

@@ -513,10 +513,19 @@ mod tests {
         assert_eq!(breaker.state(), CircuitState::Closed);
         breaker.record_publish(false);
         assert_eq!(breaker.state(), CircuitState::Open);
+        assert!(breaker.try_pass().is_none(), "no pass at once while open");
         let opened = Instant::now();
         let pass = breaker.pass().await;
         assert_eq!(opened.elapsed(), PUBLISH_COOLDOWN);
+        assert!(
+            breaker.try_pass().is_none(),
+            "no pass at once while half-open: the probes are counted"
+        );
         breaker.record(pass, Outcome::Success);
+        assert!(
+            breaker.try_pass().is_some_and(|pass| !pass.probe),
+            "closed again: a pass at once"
+        );
         assert_eq!(
             *seen.0.lock(),
             [

@@ -19,6 +19,8 @@ use worker_core::{Delivery, MessageId};
 
 use crate::task::Task;
 
+use crate::context::WorkerSide;
+
 use super::acks::AckTo;
 use super::env::TaskEnv;
 use super::pipeline::process;
@@ -40,6 +42,16 @@ pub(crate) struct Dispatch {
     pub abort: Arc<CancellationToken>,
     /// Ids of deliveries that were dropped unsettled, to be given back to the broker.
     pub unsettled: mpsc::UnboundedSender<MessageId>,
+}
+
+/// What a dispatch loop or lane lends the deliveries it runs.
+#[derive(Clone, Copy)]
+pub(crate) struct Runner<'a> {
+    /// Where their acks go.
+    pub acks: AckTo<'a>,
+    /// The shared part of their handlers' contexts: a copy of the task's own per loop or lane,
+    /// so that the reference count every delivery moves is not one that all threads move.
+    pub context: &'a Arc<WorkerSide>,
 }
 
 /// Marks a delivery that must be given back if its handler is dropped before settling it.
@@ -64,12 +76,12 @@ impl Drop for Unsettled<'_> {
 }
 
 impl Dispatch {
-    /// Runs one delivery to its settlement, acking through `acks`, unless aborted first.
+    /// Runs one delivery to its settlement with what `runner` lends, unless aborted first.
     async fn handle<T: Task>(
         &self,
         delivery: Delivery,
         permit: Option<OwnedSemaphorePermit>,
-        acks: AckTo<'_>,
+        runner: Runner<'_>,
     ) {
         let guard = Unsettled {
             id: Some(delivery.id.clone()),
@@ -88,10 +100,10 @@ impl Dispatch {
         };
         let _in_flight = env.metrics.in_flight();
         let run = async {
-            let processed = process::<T>(env, &delivery).await;
+            let processed = process::<T>(env, &delivery, runner.context).await;
             env.breaker
                 .record(pass, processed.verdict.circuit_outcome());
-            settle(env, delivery, processed, permit, acks).await;
+            settle(env, delivery, processed, permit, runner.acks).await;
         };
         // `run` first: a handler that finishes on its first poll never registers with the token.
         tokio::select! {

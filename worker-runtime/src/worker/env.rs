@@ -64,8 +64,6 @@ pub(crate) struct TaskEnv {
     pub config: TaskConfig,
     /// The task's name, for logs and metric labels.
     pub task: &'static str,
-    /// The same name, shared: charge keys hold it without copying it.
-    pub task_name: Arc<str>,
     pub topic: Arc<str>,
     pub shared: Arc<WorkerShared>,
     pub subscription: Arc<dyn Subscription>,

@@ -10,7 +10,7 @@ use tracing::Instrument;
 use worker_core::{props, DeadLetterReason, Delivery, ErrorKind, Topic};
 
 use crate::auth::Principal;
-use crate::context::TaskContext;
+use crate::context::{TaskContext, WorkerSide};
 use crate::credits::{ChargeKey, ChargeOutcome};
 use crate::metrics::SharedStore;
 use crate::middleware::auth::authorize;
@@ -81,7 +81,11 @@ pub(crate) struct Processed {
 }
 
 /// Runs a delivery through the pipeline. On ordered subscriptions a retry happens here, in place.
-pub(crate) async fn process<T: Task>(env: &TaskEnv, delivery: &Delivery) -> Processed {
+pub(crate) async fn process<T: Task>(
+    env: &TaskEnv,
+    delivery: &Delivery,
+    context: &Arc<WorkerSide>,
+) -> Processed {
     let message_id = stable_id(delivery);
     let readable = match &delivery.defect {
         None => attempt_of(delivery),
@@ -144,11 +148,19 @@ pub(crate) async fn process<T: Task>(env: &TaskEnv, delivery: &Delivery) -> Proc
     let mut verified = None;
     let mut charged = None;
     let verdict = async {
-        let (mut payload, principal) =
-            match admit::<T>(env, delivery, &message_id, &mut verified, &mut charged).await {
-                Ok(admitted) => admitted,
-                Err(verdict) => return verdict,
-            };
+        let (mut payload, principal) = match admit::<T>(
+            env,
+            context,
+            delivery,
+            &message_id,
+            &mut verified,
+            &mut charged,
+        )
+        .await
+        {
+            Ok(admitted) => admitted,
+            Err(verdict) => return verdict,
+        };
         loop {
             if let Some(limiter) = &env.limiter {
                 let waited = tokio::select! {
@@ -158,8 +170,16 @@ pub(crate) async fn process<T: Task>(env: &TaskEnv, delivery: &Delivery) -> Proc
                 };
                 env.metrics.rate_limit_wait(waited);
             }
-            let verdict =
-                run_handler::<T>(env, delivery, payload, attempt, &message_id, &principal).await;
+            let verdict = run_handler::<T>(
+                env,
+                context,
+                delivery,
+                payload,
+                attempt,
+                &message_id,
+                &principal,
+            )
+            .await;
             match verdict {
                 Verdict::Retry {
                     next_attempt,
@@ -238,6 +258,7 @@ fn truncate(text: &str, max: usize) -> &str {
 /// charge standing for this delivery in `charged`, for a dead letter to refund.
 async fn admit<T: Task>(
     env: &TaskEnv,
+    context: &WorkerSide,
     delivery: &Delivery,
     message_id: &Arc<str>,
     verified: &mut Option<Principal>,
@@ -250,7 +271,7 @@ async fn admit<T: Task>(
         (&env.config.credits, &principal, &env.shared.ledger)
     {
         let key = ChargeKey {
-            task: env.task_name.clone(),
+            task: context.task_name.clone(),
             principal: principal.shared_subject(),
             message_id: message_id.clone(),
         };
@@ -336,6 +357,7 @@ fn authorize_sender(env: &TaskEnv, delivery: &Delivery) -> Result<Option<Princip
 /// One attempt: the handler under panic capture and the per-attempt timeout.
 async fn run_handler<T: Task>(
     env: &TaskEnv,
+    context: &Arc<WorkerSide>,
     delivery: &Delivery,
     payload: T::Payload,
     attempt: u32,
@@ -343,7 +365,7 @@ async fn run_handler<T: Task>(
     principal: &Option<Principal>,
 ) -> Verdict {
     let ctx = TaskContext::for_delivery(
-        env.context.clone(),
+        context.clone(),
         message_id.clone(),
         delivery.id.clone(),
         attempt,

@@ -74,13 +74,13 @@ pub(crate) async fn run_task<T: Task>(run: TaskRun) -> Result<TaskReport, Worker
     let topic: Arc<str> = Arc::from(config.topic.to_string());
     let context = Arc::new(WorkerSide {
         task: T::NAME,
+        task_name: Arc::from(T::NAME),
         topic: topic.clone(),
         consumer: shared.consumer.clone(),
         broker: shared.broker.clone(),
     });
     let env = Arc::new(TaskEnv {
         task: T::NAME,
-        task_name: Arc::from(T::NAME),
         topic,
         context,
         retry_mode: TaskEnv::retry_mode(&config, &shared.capabilities),

@@ -11,7 +11,7 @@ use worker_core::Delivery;
 use crate::task::Task;
 
 use super::super::acks::AckTo;
-use super::{Dispatch, MAX_RECEIVE_BATCH, RECEIVE_RETRY_FIRST};
+use super::{Dispatch, Runner, MAX_RECEIVE_BATCH, RECEIVE_RETRY_FIRST};
 
 impl Dispatch {
     /// Takes deliveries until shutdown starts: the lanes dispatcher, for ordered subscriptions.
@@ -64,6 +64,7 @@ impl Dispatch {
 
     /// One sequential lane.
     async fn lane<T: Task>(self: Arc<Self>, mut queue: mpsc::Receiver<Delivery>) {
+        let context = self.env.context.for_one_runner();
         loop {
             let delivery = tokio::select! {
                 biased;
@@ -73,8 +74,11 @@ impl Dispatch {
                     None => return,
                 },
             };
-            self.handle::<T>(delivery, None, AckTo::Flusher(&self.env.acks))
-                .await;
+            let runner = Runner {
+                acks: AckTo::Flusher(&self.env.acks),
+                context: &context,
+            };
+            self.handle::<T>(delivery, None, runner).await;
         }
         queue.close();
         while let Some(delivery) = queue.recv().await {

@@ -27,7 +27,7 @@ use worker_core::Delivery;
 use crate::task::Task;
 
 use super::super::acks::{AckBatch, AckTo};
-use super::{Dispatch, MAX_RECEIVE_BATCH, RECEIVE_RETRY_FIRST};
+use super::{Dispatch, Runner, MAX_RECEIVE_BATCH, RECEIVE_RETRY_FIRST};
 
 impl Dispatch {
     /// Starts the dispatch loops and returns once shutdown starts; the loops then wind down on
@@ -78,6 +78,11 @@ impl Dispatch {
         // Declared before `running`, whose handlers borrow it, so that it outlives them; dropped,
         // it hands over what it still holds.
         let acks = AckBatch::new(env.acks.clone());
+        let context = env.context.for_one_runner();
+        let runner = Runner {
+            acks: AckTo::Batch(&acks),
+            context: &context,
+        };
         let mut running = FuturesUnordered::new();
         // Received, not started yet.
         let mut waiting: VecDeque<Delivery> = VecDeque::new();
@@ -99,7 +104,7 @@ impl Dispatch {
                     break;
                 };
                 if let Some(delivery) = waiting.pop_front() {
-                    running.push(self.handle::<T>(delivery, Some(permit), AckTo::Batch(&acks)));
+                    running.push(self.handle::<T>(delivery, Some(permit), runner));
                 }
             }
             // Receive once everything received has started and some slot is free, no more than
