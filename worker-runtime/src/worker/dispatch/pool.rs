@@ -4,13 +4,7 @@
 //! everything it received before has started and a slot is free, and runs its deliveries'
 //! handlers itself, as futures it polls, instead of spawning a tokio task for each: no task to
 //! allocate, schedule and wake per message, while the loops still spread handlers over every
-//! core.
-//!
-//! The `concurrency` slots are split between the loops, each owning its share, so the bound holds
-//! across them without the loops contending for one semaphore (whose permits, once short, would
-//! be handed from loop to loop across threads with a wake-up each). A loop receives no more than
-//! it has free slots for, so nothing it received waits behind its share while another loop's
-//! slots are free: that loop receives the next messages itself.
+//! core. All loops draw from one semaphore of `concurrency` slots, so the bound holds across them.
 //!
 //! A handler that blocks its thread (CPU-bound work outside `spawn_blocking`) holds up the other
 //! handlers of its loop, as it would any task of that runtime thread.
@@ -34,19 +28,17 @@ impl Dispatch {
     /// their own (tracked by [`Dispatch::tracker`]).
     pub async fn pool<T: Task>(self: Arc<Self>) {
         let config = &self.env.config;
-        let concurrency = config.concurrency.max(1);
-        let loops = loop_count(concurrency);
+        let loops = loop_count(config.concurrency);
+        let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
         // A loop takes a quarter of its share of the receiver queue at a time: enough that a
         // receive is rare, few enough that the loops share the work evenly and that the broker
         // client refills its queue while they run (the slots bound what runs).
         let batch = (config.receiver_queue_size / (4 * loops)).clamp(1, MAX_RECEIVE_BATCH);
         let stopping = Arc::new(AtomicBool::new(false));
-        for index in 0..loops {
-            let share = concurrency / loops + usize::from(index < concurrency % loops);
-            let slots = Arc::new(Semaphore::new(share));
+        for _ in 0..loops {
             let dispatch = self.clone();
             self.tracker
-                .spawn(dispatch.dispatch_loop::<T>(slots, batch, stopping.clone()));
+                .spawn(dispatch.dispatch_loop::<T>(slots.clone(), batch, stopping.clone()));
         }
         self.env.stopping.cancelled().await;
         stopping.store(true, Ordering::Release);
@@ -107,15 +99,14 @@ impl Dispatch {
                     running.push(self.handle::<T>(delivery, Some(permit), runner));
                 }
             }
-            // Receive once everything received has started and some slot is free, no more than
-            // the free slots: slots only free up while the receive runs, so all it brings can
-            // start at once. A slot taken while waiting goes back first, to be counted.
-            if waiting.is_empty() && receiving.is_none() {
-                drop(slot.take());
-                let free = slots.available_permits();
-                if free > 0 {
-                    receiving = Some(Box::pin(self.receive(batch.min(free), pause)));
-                }
+            // Receive once everything received has started and some slot is free. The slot is
+            // not held while receiving: a receive may wait long on an idle topic, and a held slot
+            // would keep the other loops' deliveries waiting meanwhile.
+            if waiting.is_empty()
+                && receiving.is_none()
+                && (slot.take().is_some() || slots.available_permits() > 0)
+            {
+                receiving = Some(Box::pin(self.receive(batch, pause)));
             }
             let wants_slot = slot.is_none() && (!waiting.is_empty() || receiving.is_none());
             tokio::select! {
