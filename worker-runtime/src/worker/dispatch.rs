@@ -8,11 +8,12 @@
 
 mod lanes;
 mod pool;
+mod slots;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use worker_core::{Delivery, MessageId};
@@ -26,6 +27,7 @@ use super::env::TaskEnv;
 use super::pipeline::process;
 use super::report::Count;
 use super::settle::settle;
+pub(crate) use slots::Slot;
 
 /// The most deliveries taken from the broker in one call.
 const MAX_RECEIVE_BATCH: usize = 512;
@@ -80,7 +82,7 @@ impl Dispatch {
     async fn handle<T: Task>(
         &self,
         delivery: Delivery,
-        permit: Option<OwnedSemaphorePermit>,
+        slot: Option<Slot<'_>>,
         runner: Runner<'_>,
     ) {
         let guard = Unsettled {
@@ -103,7 +105,7 @@ impl Dispatch {
             let processed = process::<T>(env, &delivery, runner.context).await;
             env.breaker
                 .record(pass, processed.verdict.circuit_outcome());
-            settle(env, delivery, processed, permit, runner.acks).await;
+            settle(env, delivery, processed, slot, runner.acks).await;
         };
         // `run` first: a handler that finishes on its first poll never registers with the token.
         tokio::select! {

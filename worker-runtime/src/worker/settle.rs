@@ -3,7 +3,6 @@
 
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::OwnedSemaphorePermit;
 use worker_core::{props, Delivery, Message, Topic};
 
 use crate::credits::{ChargeKey, RefundOutcome};
@@ -13,6 +12,7 @@ use crate::middleware::dead_letter::{
 };
 
 use super::acks::AckTo;
+use super::dispatch::Slot;
 use super::env::{RetryMode, TaskEnv};
 use super::pipeline::{Processed, Verdict};
 use super::report::Count;
@@ -21,13 +21,13 @@ use super::report::Count;
 const PUBLISH_RETRY_FIRST: Duration = Duration::from_millis(100);
 const PUBLISH_RETRY_MAX: Duration = Duration::from_secs(10);
 
-/// Acts on the verdict, acking through `acks`. `permit` is the delivery's concurrency slot; it is
+/// Acts on the verdict, acking through `acks`. `slot` is the delivery's concurrency slot; it is
 /// released early when a retry waits in the worker, so that a waiting retry holds no slot.
 pub(crate) async fn settle(
     env: &TaskEnv,
     delivery: Delivery,
     processed: Processed,
-    permit: Option<OwnedSemaphorePermit>,
+    slot: Option<Slot<'_>>,
     acks: AckTo<'_>,
 ) {
     let Processed {
@@ -74,7 +74,9 @@ pub(crate) async fn settle(
                 .insert(props::MESSAGE_ID.to_owned(), message_id.to_string());
             match env.retry_mode {
                 RetryMode::WorkerDelayed => {
-                    drop(permit);
+                    if let Some(slot) = slot {
+                        slot.release();
+                    }
                     tokio::select! {
                         biased;
                         _ = tokio::time::sleep(delay) => {}

@@ -4,7 +4,8 @@
 //! everything it received before has started and a slot is free, and runs its deliveries'
 //! handlers itself, as futures it polls, instead of spawning a tokio task for each: no task to
 //! allocate, schedule and wake per message, while the loops still spread handlers over every
-//! core. All loops draw from one semaphore of `concurrency` slots, so the bound holds across them.
+//! core. All loops draw from one semaphore of `concurrency` slots, so the bound holds across them;
+//! each takes its slots from it in bulk and reuses them ([`slots`](super::slots)).
 //!
 //! A handler that blocks its thread (CPU-bound work outside `spawn_blocking`) holds up the other
 //! handlers of its loop, as it would any task of that runtime thread.
@@ -15,12 +16,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use futures_util::stream::{FuturesUnordered, StreamExt as _};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use worker_core::Delivery;
 
 use crate::task::Task;
 
 use super::super::acks::{AckBatch, AckTo};
+use super::slots::LoopSlots;
 use super::{Dispatch, Runner, MAX_RECEIVE_BATCH, RECEIVE_RETRY_FIRST};
 
 impl Dispatch {
@@ -28,8 +30,10 @@ impl Dispatch {
     /// their own (tracked by [`Dispatch::tracker`]).
     pub async fn pool<T: Task>(self: Arc<Self>) {
         let config = &self.env.config;
-        let loops = loop_count(config.concurrency);
-        let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
+        let concurrency = config.concurrency.max(1);
+        let loops = loop_count(concurrency);
+        let slots = Arc::new(Semaphore::new(concurrency));
+        let share = concurrency.div_ceil(loops);
         // A loop takes a quarter of its share of the receiver queue at a time: enough that a
         // receive is rare, few enough that the loops share the work evenly and that the broker
         // client refills its queue while they run (the slots bound what runs).
@@ -37,15 +41,16 @@ impl Dispatch {
         let stopping = Arc::new(AtomicBool::new(false));
         for _ in 0..loops {
             let dispatch = self.clone();
+            let slots = LoopSlots::new(slots.clone(), share);
             self.tracker
-                .spawn(dispatch.dispatch_loop::<T>(slots.clone(), batch, stopping.clone()));
+                .spawn(dispatch.dispatch_loop::<T>(slots, batch, stopping.clone()));
         }
         self.env.stopping.cancelled().await;
         stopping.store(true, Ordering::Release);
     }
 
     /// One dispatch loop: receives batches of up to `batch` and runs them, each delivery once it
-    /// holds one of `slots`, until shutdown starts; then lets what runs finish. Aborting (the
+    /// holds a slot of `slots`, until shutdown starts; then lets what runs finish. Aborting (the
     /// grace period is over, or the worker was dropped) ends it at once, dropping its handlers.
     ///
     /// `stopping` is set once shutdown starts. The loop checks it on every turn, a load of one
@@ -53,7 +58,7 @@ impl Dispatch {
     /// future polled on every turn would take the token's locks twice per delivery.
     async fn dispatch_loop<T: Task>(
         self: Arc<Self>,
-        slots: Arc<Semaphore>,
+        slots: LoopSlots,
         batch: usize,
         stopping: Arc<AtomicBool>,
     ) {
@@ -64,7 +69,7 @@ impl Dispatch {
         }
     }
 
-    async fn run_loop<T: Task>(&self, slots: &Arc<Semaphore>, batch: usize, stopping: &AtomicBool) {
+    async fn run_loop<T: Task>(&self, slots: &LoopSlots, batch: usize, stopping: &AtomicBool) {
         let env = &self.env;
         let mut stopped = pin!(env.stopping.cancelled());
         // Declared before `running`, whose handlers borrow it, so that it outlives them; dropped,
@@ -78,8 +83,6 @@ impl Dispatch {
         let mut running = FuturesUnordered::new();
         // Received, not started yet.
         let mut waiting: VecDeque<Delivery> = VecDeque::new();
-        // A free slot, taken while waiting for one, for the next delivery to start.
-        let mut slot: Option<OwnedSemaphorePermit> = None;
         // A receive in flight survives the other events of the loop: dropping it would waste the
         // broker's work (and a network backend's round trip) each time a handler finishes.
         let mut receiving = None;
@@ -89,26 +92,19 @@ impl Dispatch {
                 break;
             }
             while !waiting.is_empty() {
-                let Some(permit) = slot
-                    .take()
-                    .or_else(|| slots.clone().try_acquire_owned().ok())
-                else {
+                let Some(slot) = slots.try_take(waiting.len()) else {
                     break;
                 };
                 if let Some(delivery) = waiting.pop_front() {
-                    running.push(self.handle::<T>(delivery, Some(permit), runner));
+                    running.push(self.handle::<T>(delivery, Some(slot), runner));
                 }
             }
-            // Receive once everything received has started and some slot is free. The slot is
-            // not held while receiving: a receive may wait long on an idle topic, and a held slot
-            // would keep the other loops' deliveries waiting meanwhile.
-            if waiting.is_empty()
-                && receiving.is_none()
-                && (slot.take().is_some() || slots.available_permits() > 0)
-            {
+            slots.end_turn();
+            // Receive once everything received has started and some slot is free.
+            if waiting.is_empty() && receiving.is_none() && slots.any_free() {
                 receiving = Some(Box::pin(self.receive(batch, pause)));
             }
-            let wants_slot = slot.is_none() && (!waiting.is_empty() || receiving.is_none());
+            let wants_slot = !slots.holds_free() && (!waiting.is_empty() || receiving.is_none());
             tokio::select! {
                 biased;
                 Some(()) = running.next(), if !running.is_empty() => {
@@ -117,10 +113,11 @@ impl Dispatch {
                     // instead of running a whole batch in one go.
                     tokio::task::coop::consume_budget().await;
                 }
-                permit = slots.clone().acquire_owned(), if wants_slot => match permit {
-                    Ok(permit) => slot = Some(permit),
-                    Err(_) => break,
-                },
+                acquired = slots.wait_for_one(), if wants_slot => {
+                    if !acquired {
+                        break;
+                    }
+                }
                 received = async { receiving.as_mut().expect("checked by the branch's condition").await },
                     if receiving.is_some() =>
                 {
@@ -133,14 +130,19 @@ impl Dispatch {
                         None => break,
                     }
                 }
-                // Nothing else is ready: hand the gathered acks over before waiting.
-                () = std::future::ready(()), if !acks.is_empty() => acks.flush(),
+                // Nothing else is ready: hand the gathered acks over and the free slots back
+                // before waiting (a receive may wait long on an idle topic, and slots held
+                // meanwhile would keep the other loops' deliveries waiting).
+                () = std::future::ready(()), if !acks.is_empty() || slots.holds_free() => {
+                    acks.flush();
+                    slots.give_back_all();
+                }
                 _ = &mut stopped => break,
             }
         }
         // Shutting down: nothing more starts; what runs may finish, within the grace period.
         drop(receiving);
-        drop(slot);
+        slots.give_back_all();
         self.never_started(waiting);
         acks.flush();
         // One at a time: a crash while the slowest handler finishes should not cost the others' acks.
