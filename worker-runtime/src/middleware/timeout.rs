@@ -42,6 +42,8 @@ pub(crate) async fn timeout_from<F: Future>(
     limit: Duration,
     f: F,
 ) -> Result<F::Output, Elapsed> {
+    // A limit past the clock's range is no limit.
+    let deadline = started.checked_add(limit);
     let mut f = pin!(f);
     let mut timer = pin!(None::<Sleep>);
     poll_fn(|cx| {
@@ -49,7 +51,10 @@ pub(crate) async fn timeout_from<F: Future>(
             return Poll::Ready(Ok(output));
         }
         if timer.is_none() {
-            timer.set(Some(tokio::time::sleep_until(started + limit)));
+            let Some(deadline) = deadline else {
+                return Poll::Pending;
+            };
+            timer.set(Some(tokio::time::sleep_until(deadline)));
         }
         match timer.as_mut().as_pin_mut() {
             Some(sleep) => sleep.poll(cx).map(|()| Err(Elapsed { limit })),
@@ -140,6 +145,16 @@ mod tests {
             timeout_from(started, Duration::from_secs(1), async { 7 }).await,
             Ok(7)
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_limit_past_the_clocks_range_is_no_limit() {
+        let result = with_timeout(Duration::MAX, async {
+            sleep(Duration::from_secs(3600)).await;
+            "done"
+        })
+        .await;
+        assert_eq!(result, Ok("done"));
     }
 
     #[tokio::test(start_paused = true)]

@@ -18,9 +18,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use worker_core::{Delivery, MessageId};
 
-use crate::task::Task;
-
 use crate::context::WorkerSide;
+use crate::task::Task;
 
 use super::acks::AckTo;
 use super::env::TaskEnv;
