@@ -19,7 +19,7 @@
 //! # Guarantees, and what MQTT cannot keep
 //!
 //! - **Publish** resolves when the broker acknowledged the message: PUBACK for QoS 1, PUBCOMP for
-//!   QoS 2, written to the socket for QoS 0. While the broker is unreachable, up to
+//!   QoS 2, taken out to send by the client's event loop for QoS 0. While the broker is unreachable, up to
 //!   [`MqttOptions::max_pending_publishes`] publishes wait and are sent after the reconnect; a publish
 //!   fails with a transient [`BrokerError::Timeout`] after [`MqttOptions::operation_timeout`], never
 //!   hangs. A publish whose acknowledgement was lost with the connection is sent again, so the broker
@@ -41,9 +41,11 @@
 //!   gives back every unacknowledged delivery the same way, and disconnects; the consumer's session
 //!   and its subscription to the topic stay for its return. Dropping a subscription without `close`
 //!   behaves like a crash: its unacknowledged messages wait in its session.
-//! - **ack** resolves once the PUBACK is written to the socket; MQTT does not confirm acks. An ack of
-//!   a delivery that arrived on an earlier connection is not sent (the packet id may name another
-//!   message now); the broker redelivers that message when the session resumes.
+//! - **ack** resolves once the client's event loop has taken the PUBACK out to send, into its write
+//!   buffer, so a crash right after it may still lose the PUBACK and the message comes again (at
+//!   least once); MQTT does not confirm acks. An ack of a delivery that arrived on an earlier
+//!   connection is not sent (the packet id may name another message now); the broker redelivers
+//!   that message when the session resumes.
 //! - **No history**: MQTT keeps messages only for sessions that subscribed before the message was
 //!   published; a message published while no consumer of a subscription ever subscribed is dropped.
 //!   When no subscription at all matched, the broker says so ("no matching subscribers") and, with

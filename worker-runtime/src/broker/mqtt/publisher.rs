@@ -103,7 +103,8 @@ impl Publisher {
     }
 
     /// Publishes one message and waits until the broker acknowledged it: PUBACK for QoS 1, PUBCOMP
-    /// for QoS 2, written to the socket for QoS 0. Gives up after the operation timeout.
+    /// for QoS 2, taken out to send by the client's event loop for QoS 0. Gives up after the
+    /// operation timeout.
     ///
     /// With `wait_for_subscriber`, a QoS 1/2 message that the broker reports as matching no
     /// subscription (so it went nowhere) is published again, with backoff, until one matches or the

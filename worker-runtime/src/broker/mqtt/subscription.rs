@@ -270,7 +270,8 @@ impl MqttSubscription {
 }
 
 /// Queues the PUBACK for a QoS 1 delivery if it arrived on the current connection, and returns what
-/// resolves once the PUBACK is written to the socket. A delivery from an earlier connection cannot be
+/// resolves once the client's event loop has taken the PUBACK out to send (into its write buffer:
+/// not yet proof that it reached the socket). A delivery from an earlier connection cannot be
 /// acknowledged any more: its packet id may name another message now. The broker resends it when the
 /// session resumes, so it will be handled again (at least once).
 fn acknowledge(state: &mut State, held: &Held) -> Option<oneshot::Receiver<()>> {
@@ -318,8 +319,9 @@ impl Subscription for MqttSubscription {
         Box::pin(self.receive_ready(max))
     }
 
-    /// Resolves once the PUBACKs are written to the socket (MQTT has no confirmation of an ack), or
-    /// at once for deliveries of an earlier connection, which the broker redelivers.
+    /// Resolves once the client's event loop has taken the PUBACKs out to send, into its write
+    /// buffer (MQTT has no confirmation of an ack), or at once for deliveries of an earlier
+    /// connection, which the broker redelivers.
     fn ack(&self, ids: Vec<MessageId>) -> BoxFuture<'_, Result<(), BrokerError>> {
         Box::pin(async move {
             // Oldest first: mosquitto looks an acked message up by scanning its in-flight list
