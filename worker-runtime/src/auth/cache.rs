@@ -1,6 +1,12 @@
 //! A cache of verified tokens. Checking an HS256 signature costs microseconds; most messages of a
 //! sender carry the same token, so each distinct token is verified once and its principal reused
 //! until the token expires. Failures are never cached, and a token without an expiry never is.
+//!
+//! The cache is striped by thread ([`Striped`]): every delivery of a db task looks its token up,
+//! and one shared map would have both runtime threads move its lock's word, and the reference
+//! count of the principal they clone, from core to core on every delivery. A token is therefore
+//! verified once per thread stripe that sees it, and each stripe keeps its own share of the
+//! capacity.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -10,6 +16,7 @@ use std::time::SystemTime;
 use parking_lot::RwLock;
 
 use super::{AuthError, Principal, TokenVerifier};
+use crate::metrics::striped::{Striped, STRIPES};
 
 /// The default number of distinct tokens kept.
 pub const DEFAULT_TOKEN_CACHE_SIZE: usize = 10_000;
@@ -22,23 +29,25 @@ pub struct CachingVerifier {
     /// Hashed with foldhash, seeded per process: only tokens the inner verifier accepted are
     /// stored, so filling it with colliding ones takes that many valid tokens, and SipHash over
     /// a token was a measurable share of a message's cost.
-    verified: RwLock<HashMap<Box<str>, Principal, foldhash::fast::RandomState>>,
+    verified: Striped<RwLock<HashMap<Box<str>, Principal, foldhash::fast::RandomState>>>,
+    /// How many tokens one stripe keeps.
     capacity: usize,
 }
 
 impl CachingVerifier {
-    /// Caches up to `capacity` distinct tokens verified by `inner`.
+    /// Caches about `capacity` tokens verified by `inner`: each of the cache's thread stripes keeps
+    /// up to `capacity` divided by their number (rounded up), so a full cache may hold a few more.
     pub fn new(inner: Arc<dyn TokenVerifier>, capacity: usize) -> Self {
         CachingVerifier {
             inner,
-            verified: RwLock::new(HashMap::default()),
-            capacity,
+            verified: Striped::default(),
+            capacity: capacity.div_ceil(STRIPES),
         }
     }
 
-    /// How many tokens are cached.
+    /// How many tokens are cached, counting a token once for every stripe that holds it.
     pub fn len(&self) -> usize {
-        self.verified.read().len()
+        self.verified.all().map(|stripe| stripe.read().len()).sum()
     }
 
     /// Whether no token is cached.
@@ -50,14 +59,15 @@ impl CachingVerifier {
 impl TokenVerifier for CachingVerifier {
     fn verify(&self, token: &str) -> Result<Principal, AuthError> {
         let now = SystemTime::now();
-        if let Some(principal) = self.verified.read().get(token) {
+        let cached = self.verified.local();
+        if let Some(principal) = cached.read().get(token) {
             if principal.expires_at().is_some_and(|at| at > now) {
                 return Ok(principal.clone());
             }
         }
         let principal = self.inner.verify(token)?;
         if principal.expires_at().is_some_and(|at| at > now) && self.capacity > 0 {
-            let mut verified = self.verified.write();
+            let mut verified = cached.write();
             if verified.len() >= self.capacity {
                 // Expired entries go first; if every entry is live, start over rather than grow.
                 verified.retain(|_, p| p.expires_at().is_some_and(|at| at > now));
@@ -109,9 +119,12 @@ mod tests {
         }
     }
 
-    fn cache(capacity: usize) -> (Arc<Counting>, CachingVerifier) {
+    fn cache(capacity: usize) -> (Arc<Counting>, Arc<CachingVerifier>) {
         let inner = Arc::new(Counting::default());
-        (inner.clone(), CachingVerifier::new(inner, capacity))
+        (
+            inner.clone(),
+            Arc::new(CachingVerifier::new(inner, capacity)),
+        )
     }
 
     #[test]
@@ -145,7 +158,11 @@ mod tests {
             vec![],
             Some(SystemTime::now() - Duration::from_secs(1)),
         );
-        cache.verified.write().insert("eve:60".into(), stale);
+        cache
+            .verified
+            .local()
+            .write()
+            .insert("eve:60".into(), stale);
         assert!(cache.verify("eve:60").is_ok());
         assert_eq!(
             inner.0.load(Ordering::SeqCst),
@@ -156,10 +173,44 @@ mod tests {
 
     #[test]
     fn the_cache_stays_within_its_capacity() {
-        let (_, cache) = cache(3);
+        let (_, cache) = cache(3 * STRIPES);
         for n in 0..10 {
             cache.verify(&format!("user{n}:60")).expect("valid");
-            assert!(cache.len() <= 3);
+            assert!(cache.len() <= 3, "one thread fills one stripe of 3");
         }
+        let threads: Vec<_> = (0..STRIPES * 2)
+            .map(|t| {
+                let cache = cache.clone();
+                std::thread::spawn(move || {
+                    for n in 0..10 {
+                        cache.verify(&format!("user{t}-{n}:60")).expect("valid");
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("a verifying thread");
+        }
+        assert!(cache.len() <= 3 * STRIPES, "{} cached", cache.len());
+    }
+
+    #[test]
+    fn each_thread_stripe_verifies_a_token_once() {
+        let (inner, cache) = cache(100);
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let cache = cache.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..50 {
+                        cache.verify("alice:60").expect("valid");
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("a verifying thread");
+        }
+        let verified = inner.0.load(Ordering::SeqCst);
+        assert!((1..=4).contains(&verified), "verified {verified} times");
     }
 }
