@@ -40,6 +40,11 @@ impl<T> Striped<T> {
     pub(crate) fn all(&self) -> impl Iterator<Item = &T> + Clone {
         self.stripes.iter().map(|stripe| &stripe.0)
     }
+
+    /// The total over every stripe of the count `read` takes from it, saturating.
+    pub(crate) fn total(&self, read: impl Fn(&T) -> u64) -> u64 {
+        self.all().map(read).fold(0, u64::saturating_add)
+    }
 }
 
 impl<T: Default> Default for Striped<T> {

@@ -128,12 +128,12 @@ impl TaskCells {
 
     /// Deliveries taken from the broker.
     pub(super) fn received(&self) -> u64 {
-        self.hot.all().map(|h| h.received.load(Relaxed)).sum()
+        self.hot.total(|h| h.received.load(Relaxed))
     }
 
     /// Attempts that succeeded.
     pub(super) fn ok(&self) -> u64 {
-        self.hot.all().map(|h| h.ok.load(Relaxed)).sum()
+        self.hot.total(|h| h.ok.load(Relaxed))
     }
 
     /// Handler attempts running now (a stripe alone may be negative: an attempt can end on
@@ -200,10 +200,7 @@ impl CreditSeries {
     }
 
     fn total(&self) -> u64 {
-        self.total
-            .all()
-            .map(|t| t.load(Relaxed))
-            .fold(0, u64::saturating_add)
+        self.total.total(|t| t.load(Relaxed))
     }
 }
 

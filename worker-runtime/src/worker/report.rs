@@ -64,9 +64,7 @@ impl Counters {
     pub fn report(&self, task: &str) -> TaskReport {
         let read = |count: Count| {
             self.stripes
-                .all()
-                .map(|cells| cells[count as usize].load(Ordering::Relaxed))
-                .fold(0, u64::saturating_add)
+                .total(|cells| cells[count as usize].load(Ordering::Relaxed))
         };
         TaskReport {
             task: task.to_owned(),
