@@ -940,3 +940,131 @@ async fn speaks_tls_with_a_password() {
         Err(error) => assert!(!error.is_transient(), "{error}"),
     }
 }
+
+/// Holds the server busy for `millis` with a script of its own on a connection of its own: every
+/// other command waits behind it.
+async fn stall_server(server: &RedisServer, millis: u64) {
+    let client = redis::Client::open(server.url()).expect("client");
+    let config =
+        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(10)));
+    let mut connection = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .expect("a connection to stall the server on");
+    let busy = r#"
+local function now() local t = redis.call('TIME') return t[1] * 1000 + t[2] / 1000 end
+local start = now()
+while now() - start < tonumber(ARGV[1]) do end
+return 1
+"#;
+    redis::cmd("EVAL")
+        .arg(busy)
+        .arg(0)
+        .arg(millis)
+        .query_async::<i64>(&mut connection)
+        .await
+        .expect("the stalling script");
+}
+
+async fn list_length(server: &RedisServer, key: &str) -> usize {
+    let client = redis::Client::open(server.url()).expect("client");
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    redis::cmd("LLEN")
+        .arg(key)
+        .query_async(&mut connection)
+        .await
+        .expect("LLEN")
+}
+
+/// A take whose reply never reaches the reader (here it comes after the operation timeout; a
+/// server or connection dying after the move does the same) has still moved its items into the
+/// processing list. The next take hands them out before anything newer, and nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_take_whose_reply_is_lost_loses_nothing() {
+    let server = server!();
+    let broker = ValkeyBroker::connect(ValkeyOptions {
+        operation_timeout: Duration::from_millis(300),
+        ..options(&server)
+    })
+    .await
+    .expect("connect");
+    let queue = broker.list_queue("lost-replies", "reader");
+    let items: Vec<Vec<u8>> = (0..10).map(|i| format!("item-{i}").into_bytes()).collect();
+    let refs: Vec<&[u8]> = items.iter().map(Vec::as_slice).collect();
+    queue.push(&refs).await.expect("push");
+    let text = |taken: &[bytes::Bytes]| -> Vec<String> {
+        taken
+            .iter()
+            .map(|item| String::from_utf8_lossy(item).into_owned())
+            .collect()
+    };
+    let first = queue.take(3).await.expect("take");
+    assert_eq!(text(&first), ["item-0", "item-1", "item-2"]);
+
+    let stalling = stall_server(&server, 900);
+    tokio::pin!(stalling);
+    // Let the stalling script reach the server first; the take queues behind it.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), &mut stalling)
+            .await
+            .is_err(),
+        "the server is busy"
+    );
+    let lost = queue.take(4).await;
+    assert!(lost.is_err(), "the take's reply came too late: {lost:?}");
+    stalling.await;
+    assert_eq!(
+        list_length(&server, queue.processing_key()).await,
+        7,
+        "the late take moved its items all the same"
+    );
+
+    let orphans = queue.take(100).await.expect("take");
+    assert_eq!(
+        text(&orphans),
+        ["item-3", "item-4", "item-5", "item-6"],
+        "what the lost take moved comes first"
+    );
+    let rest = queue.take(100).await.expect("take");
+    assert_eq!(text(&rest), ["item-7", "item-8", "item-9"]);
+    for taken in [&first, &orphans, &rest] {
+        queue.remove(taken).await.expect("remove");
+    }
+    assert_eq!(list_length(&server, queue.processing_key()).await, 0);
+    assert_eq!(list_length(&server, "lost-replies").await, 0);
+    let none = queue.take(100).await.expect("take");
+    assert!(
+        none.is_empty(),
+        "nothing handed out twice: {:?}",
+        text(&none)
+    );
+}
+
+/// A take dropped while its blocking move waits on the server takes nothing later: an item pushed
+/// after goes to the next take.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_take_dropped_while_blocked_takes_nothing_later() {
+    let server = server!();
+    let broker = ValkeyBroker::connect(ValkeyOptions {
+        block_timeout: Duration::from_secs(2),
+        ..options(&server)
+    })
+    .await
+    .expect("connect");
+    let queue = Arc::new(broker.list_queue("dropped-takes", "reader"));
+    let early = tokio::time::timeout(Duration::from_millis(200), queue.take(10)).await;
+    assert!(early.is_err(), "the queue is empty: the take blocks");
+    let next = tokio::spawn({
+        let queue = queue.clone();
+        async move { queue.take(10).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    queue.push(&[b"late"]).await.expect("push");
+    let taken = next.await.expect("the next take").expect("take");
+    assert_eq!(taken, [bytes::Bytes::from_static(b"late")]);
+    queue.remove(&taken).await.expect("remove");
+    assert_eq!(list_length(&server, queue.processing_key()).await, 0);
+}

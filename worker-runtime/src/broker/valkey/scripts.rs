@@ -184,3 +184,32 @@ return moved
 "#,
     )
 });
+
+/// Finds the items of a processing list its reader does not know it holds: those a take moved
+/// whose reply never reached the reader (the connection or the server died after the move, or the
+/// reply came too late). KEYS: processing list. ARGV: the most to return, then every item the
+/// reader holds (a multiset: an item held twice is listed twice). Returns the others, oldest first,
+/// without moving anything, so a lost reply of this script loses nothing either.
+pub(super) static LIST_ORPHANS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local held = {}
+for i = 2, #ARGV do
+  held[ARGV[i]] = (held[ARGV[i]] or 0) + 1
+end
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+local orphans = {}
+local most = tonumber(ARGV[1])
+for i = #items, 1, -1 do
+  if #orphans >= most then break end
+  local count = held[items[i]]
+  if count and count > 0 then
+    held[items[i]] = count - 1
+  else
+    orphans[#orphans + 1] = items[i]
+  end
+end
+return orphans
+"#,
+    )
+});
