@@ -25,6 +25,8 @@ stamp="$(date -u +%Y%m%dT%H%M%SZ)"
 if [[ "${SKIP_MEMORY:-0}" != 1 ]]; then
     echo "== memory broker (criterion) -> $out/memory-$stamp.txt"
     cargo bench -p worker-runtime --bench memory_throughput 2>&1 | tee "$out/memory-$stamp.txt"
+    echo "== in-memory credit ledger (criterion) -> $out/ledger-$stamp.txt"
+    cargo bench -p worker-runtime --bench credit_ledger 2>&1 | tee "$out/ledger-$stamp.txt"
 fi
 
 if [[ "${SKIP_BACKENDS:-0}" != 1 ]]; then

@@ -1,0 +1,325 @@
+//! One shard of the in-memory ledger's charge records: the records whose keys hash to it, their
+//! eviction order, and the balances its charges used.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hashbrown::hash_table::{Entry, HashTable};
+use parking_lot::RwLock;
+use tokio::time::Instant;
+
+use super::{ChargeKey, ChargeOutcome, FastHash, RefundOutcome};
+
+/// A balance, shared by the ledger's table and every shard that charged it: debited and credited
+/// with atomic updates, so that a charge takes no ledger-wide lock.
+pub(super) type Balance = Arc<AtomicU64>;
+
+/// principal → credit type → balance.
+pub(super) type Balances = HashMap<String, HashMap<String, Balance, FastHash>, FastHash>;
+
+/// Charge records and their eviction order. See [`super::MemoryCreditLedger`].
+#[derive(Default)]
+pub(super) struct Shard {
+    /// Unrefunded charges, found by the hash of their key.
+    charges: HashTable<ChargeRecord>,
+    /// Every charge not yet evicted, oldest first, as its sequence number (never reused within
+    /// the shard) and the hash of its key, which find its record without a copy of the key. A
+    /// refunded record leaves its entry behind until eviction or compaction drops it.
+    order: VecDeque<(u64, u64)>,
+    next_sequence: u64,
+    /// Every credit type charged here, shared by the records that name it.
+    credit_types: HashSet<Arc<str>, FastHash>,
+    /// The balances this shard's charges found, the same as the ledger's: found again here
+    /// without the ledger-wide table's lock.
+    balances: Balances,
+}
+
+pub(super) struct ChargeRecord {
+    pub(super) key: ChargeKey,
+    credit_type: Arc<str>,
+    amount: u64,
+    sequence: u64,
+    pub(super) charged_at: Instant,
+}
+
+/// One charge asked for: `amount` of `credit_type` for `key`, whose hash is `hash`, at `now`.
+pub(super) struct Charge<'a> {
+    pub(super) hash: u64,
+    pub(super) key: &'a ChargeKey,
+    pub(super) credit_type: &'a str,
+    pub(super) amount: u64,
+    pub(super) now: Instant,
+}
+
+/// What a shard needs of its ledger: the key hasher, the shared balances and the bounds.
+pub(super) struct Ledger<'a> {
+    pub(super) hasher: &'a FastHash,
+    pub(super) balances: &'a RwLock<Balances>,
+    pub(super) max_records: usize,
+    pub(super) max_record_age: Option<Duration>,
+}
+
+impl Shard {
+    /// Makes `charge`. The record keeps the copy of the key in `stored`, taken only if the charge
+    /// is made: an unused copy is dropped by the caller, after the shard's lock.
+    pub(super) fn charge(
+        &mut self,
+        ledger: &Ledger<'_>,
+        charge: Charge<'_>,
+        stored: &mut Option<ChargeKey>,
+    ) -> ChargeOutcome {
+        let Charge {
+            hash,
+            key,
+            credit_type,
+            amount,
+            now,
+        } = charge;
+        self.evict(ledger, now);
+        let Shard {
+            charges,
+            order,
+            next_sequence,
+            credit_types,
+            balances,
+        } = self;
+        // One lookup, whether the key is new or not.
+        let rehash = |record: &ChargeRecord| ledger.hasher.hash_one(&record.key);
+        let Entry::Vacant(vacant) = charges.entry(hash, |record| record.key == *key, rehash) else {
+            return ChargeOutcome::AlreadyCharged;
+        };
+        // A balance that is missing is 0: it covers only a charge of 0.
+        match find_balance(balances, ledger.balances, &key.principal, credit_type) {
+            Some(balance) => {
+                let debited = balance.fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                    b.checked_sub(amount)
+                });
+                if let Err(available) = debited {
+                    return ChargeOutcome::Insufficient { available };
+                }
+            }
+            None if amount == 0 => {}
+            None => return ChargeOutcome::Insufficient { available: 0 },
+        }
+        let stored = stored.take().unwrap_or_else(|| key.clone());
+        let sequence = *next_sequence;
+        *next_sequence += 1;
+        vacant.insert(ChargeRecord {
+            key: stored,
+            credit_type: intern(credit_types, credit_type),
+            amount,
+            sequence,
+            charged_at: now,
+        });
+        order.push_back((sequence, hash));
+        // The record just added may push the count over the bound.
+        self.evict(ledger, now);
+        ChargeOutcome::Charged
+    }
+
+    /// Refunds the charge of `key` (whose hash is `hash`), at `now`.
+    pub(super) fn refund(
+        &mut self,
+        ledger: &Ledger<'_>,
+        hash: u64,
+        key: &ChargeKey,
+        now: Instant,
+    ) -> RefundOutcome {
+        self.evict(ledger, now);
+        let Ok(found) = self.charges.find_entry(hash, |record| record.key == *key) else {
+            return RefundOutcome::NothingToRefund;
+        };
+        let (record, _) = found.remove();
+        self.compact_order();
+        let balance = refund_balance(
+            &mut self.balances,
+            ledger.balances,
+            &key.principal,
+            &record.credit_type,
+        );
+        credit(&balance, record.amount);
+        RefundOutcome::Refunded(record.amount)
+    }
+
+    /// How many charges this shard remembers, after dropping what the bounds say to.
+    pub(super) fn records(&mut self, ledger: &Ledger<'_>, now: Instant) -> usize {
+        self.evict(ledger, now);
+        self.charges.len()
+    }
+
+    /// Takes every record out, oldest first.
+    pub(super) fn drain(&mut self) -> Vec<ChargeRecord> {
+        let mut records = Vec::with_capacity(self.charges.len());
+        while let Some((sequence, hash)) = self.order.pop_front() {
+            if let Ok(record) = self
+                .charges
+                .find_entry(hash, |record| record.sequence == sequence)
+            {
+                records.push(record.remove().0);
+            }
+        }
+        records
+    }
+
+    /// Keeps `record`, whose key hashed to `hash`, as this shard's newest.
+    pub(super) fn keep(&mut self, ledger: &Ledger<'_>, hash: u64, mut record: ChargeRecord) {
+        record.sequence = self.next_sequence;
+        self.next_sequence += 1;
+        self.order.push_back((record.sequence, hash));
+        let rehash = |record: &ChargeRecord| ledger.hasher.hash_one(&record.key);
+        self.charges.insert_unique(hash, record, rehash);
+        self.drop_beyond_count(ledger);
+    }
+
+    /// Drops the oldest records beyond the count bound, then those older than the age bound.
+    fn evict(&mut self, ledger: &Ledger<'_>, now: Instant) {
+        self.drop_beyond_count(ledger);
+        if let Some(max_age) = ledger.max_record_age {
+            while let Some(&(sequence, hash)) = self.order.front() {
+                let expired = self.record(sequence, hash).is_none_or(|record| {
+                    now.saturating_duration_since(record.charged_at) > max_age
+                });
+                if !expired {
+                    break;
+                }
+                self.drop_oldest();
+            }
+        }
+    }
+
+    /// Drops the oldest records beyond the count bound.
+    fn drop_beyond_count(&mut self, ledger: &Ledger<'_>) {
+        while self.charges.len() > ledger.max_records {
+            self.drop_oldest();
+        }
+    }
+
+    /// The record of the charge numbered `sequence`, whose key hashed to `hash`, if it is still
+    /// kept (not refunded, not dropped).
+    fn record(&self, sequence: u64, hash: u64) -> Option<&ChargeRecord> {
+        self.charges
+            .find(hash, |record| record.sequence == sequence)
+    }
+
+    /// Drops the oldest entry of `order`, and its record if that charge is still kept (a key
+    /// refunded and charged again has a newer record, with a newer sequence number).
+    fn drop_oldest(&mut self) {
+        if let Some((sequence, hash)) = self.order.pop_front() {
+            if let Ok(record) = self
+                .charges
+                .find_entry(hash, |record| record.sequence == sequence)
+            {
+                record.remove();
+            }
+        }
+    }
+
+    /// Drops the entries refunds left in `order` once they outnumber the live ones, so that it
+    /// stays within twice the records (plus a little) at an amortized constant cost per refund.
+    fn compact_order(&mut self) {
+        if self.order.len() > 2 * self.charges.len() + 64 {
+            let charges = &self.charges;
+            self.order.retain(|&(sequence, hash)| {
+                charges
+                    .find(hash, |record| record.sequence == sequence)
+                    .is_some()
+            });
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn is_empty(&self) -> bool {
+        self.charges.is_empty() && self.order.is_empty()
+    }
+
+    #[cfg(test)]
+    pub(super) fn order_len(&self) -> usize {
+        self.order.len()
+    }
+}
+
+/// The balance of `credit_type` for `principal`: from the shard's own map, or else from the
+/// ledger's table (then kept in the shard's map too). `None` if the ledger has none.
+fn find_balance<'a>(
+    local: &'a mut Balances,
+    shared: &RwLock<Balances>,
+    principal: &str,
+    credit_type: &str,
+) -> Option<&'a AtomicU64> {
+    let known = local
+        .get(principal)
+        .is_some_and(|types| types.contains_key(credit_type));
+    if !known {
+        let balance = shared
+            .read()
+            .get(principal)
+            .and_then(|types| types.get(credit_type))
+            .cloned()?;
+        local
+            .entry(principal.to_owned())
+            .or_default()
+            .insert(credit_type.to_owned(), balance);
+    }
+    local
+        .get(principal)
+        .and_then(|types| types.get(credit_type))
+        .map(|balance| &**balance)
+}
+
+/// The balance a refund of `credit_type` goes to for `principal`: as [`find_balance`], but made
+/// (at 0) in the ledger's table if it has none (a charge of 0 needs no balance).
+fn refund_balance(
+    local: &mut Balances,
+    shared: &RwLock<Balances>,
+    principal: &str,
+    credit_type: &str,
+) -> Balance {
+    if let Some(balance) = local
+        .get(principal)
+        .and_then(|types| types.get(credit_type))
+    {
+        return balance.clone();
+    }
+    let balance = balance_entry(&mut shared.write(), principal, credit_type).clone();
+    local
+        .entry(principal.to_owned())
+        .or_default()
+        .insert(credit_type.to_owned(), balance.clone());
+    balance
+}
+
+/// The balance of `credit_type` for `principal` in `balances`, made at 0 if missing.
+pub(super) fn balance_entry<'a>(
+    balances: &'a mut Balances,
+    principal: &str,
+    credit_type: &str,
+) -> &'a Balance {
+    balances
+        .entry(principal.to_owned())
+        .or_default()
+        .entry(credit_type.to_owned())
+        .or_default()
+}
+
+/// Adds `amount` to `balance`, saturating at `u64::MAX`; returns the new balance.
+pub(super) fn credit(balance: &AtomicU64, amount: u64) -> u64 {
+    let before = balance
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+            Some(b.saturating_add(amount))
+        })
+        .unwrap_or_else(|b| b);
+    before.saturating_add(amount)
+}
+
+/// `name`, shared with every record of that credit type.
+fn intern(credit_types: &mut HashSet<Arc<str>, FastHash>, name: &str) -> Arc<str> {
+    if let Some(shared) = credit_types.get(name) {
+        return shared.clone();
+    }
+    let shared: Arc<str> = Arc::from(name);
+    credit_types.insert(shared.clone());
+    shared
+}
