@@ -55,6 +55,11 @@ impl MemorySubscription {
                 armed: true,
             };
             wait(&self.notify, wake_at).await;
+            // Woken by a publish or an ack of another task, tokio would run this one next on that
+            // task's thread, where no idle thread can take it from: the consumers of a drain would
+            // take turns on one thread. Yielding once lets an idle thread take it. Still armed:
+            // dropped here, the wakeup passes on to another consumer.
+            tokio::task::yield_now().await;
             guard.armed = false;
         }
     }

@@ -347,7 +347,9 @@ async fn idle_shared_consumers_are_woken_in_turn() {
         tokio::task::yield_now().await;
         tokio::task::yield_now().await;
         publish(&broker, &t, &format!("m{i}")).await;
-        tokio::task::yield_now().await;
+        while !wait_a.is_finished() && !wait_b.is_finished() {
+            tokio::task::yield_now().await;
+        }
         let (winner, loser, name) = if wait_a.is_finished() {
             (wait_a, wait_b, "a")
         } else {
