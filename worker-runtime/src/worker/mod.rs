@@ -38,4 +38,5 @@ pub use acks::ACK_RETRY_LIMIT;
 
 pub use builder::{DEFAULT_BACKLOG_INTERVAL, DEFAULT_SHUTDOWN_GRACE};
 pub use consumer_name::default_consumer_name;
+pub use pipeline::DELIVERY_SPAN_TARGET;
 pub use tokio_util::sync::CancellationToken;
