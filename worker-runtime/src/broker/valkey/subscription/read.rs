@@ -11,7 +11,7 @@ use worker_core::{BrokerError, Delivery};
 
 use super::{held_key, held_text, millis, Held, Inner, Reader};
 use crate::broker::valkey::codec::{self, RawEntry};
-use crate::broker::valkey::{bad_reply, delayed, redis_code, with_timeout, BACKEND};
+use crate::broker::valkey::{bad_reply, delayed, raw_reply, redis_code, with_timeout, BACKEND};
 
 /// The first and the longest pause before a `receive` tries again after connection trouble.
 const RETRY_MIN: Duration = Duration::from_millis(50);
@@ -192,7 +192,7 @@ impl Inner {
         // hold: if this future is dropped, the next receive recovers them from the PEL.
         reader.dirty = true;
         let limit = options.block_timeout + options.operation_timeout;
-        let read = with_timeout("receive", limit, cmd.query_async::<Value>(&mut connection));
+        let read = with_timeout("receive", limit, raw_reply(&mut connection, &cmd));
         let reply = tokio::select! {
             () = self.closed.cancelled() => return Err(BrokerError::Closed(BACKEND)),
             reply = read => reply?,
