@@ -139,7 +139,22 @@ impl Topic {
 
     /// `tenant/namespace/name`, the part every backend maps from.
     pub fn path(&self) -> String {
-        format!("{}/{}/{}", self.tenant, self.namespace, self.name)
+        self.path_within("", "")
+    }
+
+    /// [`Topic::path`] between `before` and `after`, made in one allocation: backends name their
+    /// own topics and keys this way, some on every publish.
+    pub fn path_within(&self, before: &str, after: &str) -> String {
+        [
+            before,
+            &self.tenant,
+            "/",
+            &self.namespace,
+            "/",
+            &self.name,
+            after,
+        ]
+        .concat()
     }
 
     /// The default dead-letter topic of this topic: the same form with `-dlq` appended to the name.
@@ -209,6 +224,8 @@ mod tests {
         assert_eq!(topic.tenant(), "prod");
         assert_eq!(topic.namespace(), "ingest");
         assert_eq!(topic.name(), "raw-data");
+        assert_eq!(topic.path(), "prod/ingest/raw-data");
+        assert_eq!(topic.path_within("<", ">"), "<prod/ingest/raw-data>");
         assert_eq!(
             topic.default_dlq().to_string(),
             "persistent://prod/ingest/raw-data-dlq"

@@ -14,8 +14,8 @@ use worker_core::{MessageId, Topic, TopicScheme};
 pub fn pulsar_topic(topic: &Topic) -> String {
     match topic.scheme() {
         TopicScheme::Persistent | TopicScheme::NonPersistent => topic.to_string(),
-        TopicScheme::Q1 | TopicScheme::Q2 => format!("persistent://{}", topic.path()),
-        TopicScheme::Q0 => format!("non-persistent://{}", topic.path()),
+        TopicScheme::Q1 | TopicScheme::Q2 => topic.path_within("persistent://", ""),
+        TopicScheme::Q0 => topic.path_within("non-persistent://", ""),
     }
 }
 
