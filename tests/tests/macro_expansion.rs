@@ -101,6 +101,19 @@ fn defaults_apply_when_no_key_is_given() {
 }
 
 #[test]
+fn the_topic_every_send_uses_is_made_once_and_lent() {
+    let topic = <place_order::Task as Task>::topic();
+    assert_eq!(*topic, place_order::config().topic);
+    // Lent from the task's static, the same one each time: a send builds no configuration.
+    let (std::borrow::Cow::Borrowed(first), std::borrow::Cow::Borrowed(again)) =
+        (topic, <place_order::Task as Task>::topic())
+    else {
+        panic!("the attribute's topic is lent, not made per call");
+    };
+    assert!(std::ptr::eq(first, again));
+}
+
+#[test]
 fn every_key_given_is_applied_with_durations_parsed() {
     let config = ship_order::config();
     assert_eq!(config.dlq_topic.to_string(), "q1/shop/orders/shipped-dlq");

@@ -102,6 +102,13 @@ fn generate(kind: TaskKind, handler: &Handler, settings: &Settings) -> TokenStre
                 #config
             }
 
+            fn topic() -> ::std::borrow::Cow<'static, #p::Topic> {
+                static TOPIC: ::std::sync::OnceLock<#p::Topic> = ::std::sync::OnceLock::new();
+                ::std::borrow::Cow::Borrowed(
+                    TOPIC.get_or_init(|| <Self as #p::Task>::config().topic),
+                )
+            }
+
             fn handle(
                 __worker_payload: Self::Payload,
                 #context_param: #p::TaskContext,

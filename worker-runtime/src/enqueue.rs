@@ -1,6 +1,7 @@
 //! Typed publishing of task messages: `my_task::enqueue(&broker, &payload)` and its builder form
 //! `my_task::message(&payload).delay(..).key(..).auth_token(..).send(&broker)`.
 
+use std::borrow::Cow;
 use std::marker::PhantomData;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -164,10 +165,10 @@ impl<T: Task> Enqueue<T> {
     }
 
     /// Publishes the message; resolves once the broker confirmed it.
-    pub async fn send(self, broker: &dyn Broker) -> Result<MessageId, EnqueueError> {
-        let topic = match &self.topic {
-            Some(topic) => topic.clone(),
-            None => T::config().topic,
+    pub async fn send(mut self, broker: &dyn Broker) -> Result<MessageId, EnqueueError> {
+        let topic = match self.topic.take() {
+            Some(topic) => Cow::Owned(topic),
+            None => T::topic(),
         };
         let message = self.into_message()?;
         broker

@@ -1,6 +1,7 @@
 //! What a task is to the runtime: the [`Task`] trait the attributes implement, the type-erased
 //! [`TaskDefinition`] the worker runs, and the registry that finds every task linked into a binary.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
@@ -8,7 +9,7 @@ use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use worker_core::{TaskConfig, TaskError};
+use worker_core::{TaskConfig, TaskError, Topic};
 
 use crate::context::TaskContext;
 use crate::worker::{run_task, TaskReport, TaskRun, WorkerError};
@@ -26,6 +27,13 @@ pub trait Task: Send + Sync + 'static {
 
     /// The configuration the attribute declared, defaults filled in.
     fn config() -> TaskConfig;
+
+    /// The topic of [`Task::config`], which every [`Enqueue::send`](crate::Enqueue::send)
+    /// publishes to. The attribute makes it once and lends it, instead of building the whole
+    /// configuration for each message sent; this default builds it each time.
+    fn topic() -> Cow<'static, Topic> {
+        Cow::Owned(Self::config().topic)
+    }
 
     /// Runs the handler once.
     fn handle(
