@@ -4,6 +4,7 @@
 
 pub mod brokers;
 pub mod conformance;
+pub mod counting;
 pub mod processes;
 pub mod python;
 pub mod scale_out;

@@ -19,11 +19,11 @@
 //! small count. Lower them when the
 //! path gets leaner; never raise them to make a change pass without saying why.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
+use integration_tests::counting::Counting;
 use serde::{Deserialize, Serialize};
 use worker_runtime::auth::{Hs256Signer, Hs256Verifier, Secret};
 use worker_runtime::broker::MemoryBroker;
@@ -31,37 +31,6 @@ use worker_runtime::credits::MemoryCreditLedger;
 use worker_runtime::prelude::*;
 use worker_runtime::worker::{CancellationToken, Worker};
 use worker_runtime::{Broker, ConsumerType, InitialPosition, SubscribeOptions};
-
-/// Counts allocations while `COUNTING` is set.
-struct Counting;
-
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: every method hands the request to `System` unchanged; counting touches only atomics.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.load(Relaxed) {
-            ALLOCATIONS.fetch_add(1, Relaxed);
-        }
-        // SAFETY: the caller's contract for `alloc` is passed on unchanged.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from this allocator (`alloc` or `realloc`, both `System`'s) with
-        // this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNTING.load(Relaxed) {
-            ALLOCATIONS.fetch_add(1, Relaxed);
-        }
-        // SAFETY: the caller's contract for `realloc` is passed on unchanged.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
@@ -143,16 +112,15 @@ async fn worker_allocations(all_on: bool) -> f64 {
     }
     let worker = builder.build().expect("valid worker");
     let shutdown = CancellationToken::new();
-    ALLOCATIONS.store(0, Relaxed);
-    COUNTING.store(true, Relaxed);
+    Counting::start();
     let running = tokio::spawn(worker.run(shutdown.clone()));
     while HANDLED.load(Relaxed) < MESSAGES {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    COUNTING.store(false, Relaxed);
+    let allocations = Counting::stop();
     shutdown.cancel();
     running.await.expect("worker task").expect("worker run");
-    ALLOCATIONS.load(Relaxed) as f64 / MESSAGES as f64
+    allocations as f64 / MESSAGES as f64
 }
 
 async fn raw_allocations() -> f64 {
@@ -169,8 +137,7 @@ async fn raw_allocations() -> f64 {
         })
         .await
         .expect("subscribe");
-    ALLOCATIONS.store(0, Relaxed);
-    COUNTING.store(true, Relaxed);
+    Counting::start();
     let mut handled = 0;
     while handled < MESSAGES {
         let batch = subscription.receive(512).await.expect("receive");
@@ -183,8 +150,7 @@ async fn raw_allocations() -> f64 {
         handled += ids.len() as u64;
         subscription.ack(ids).await.expect("ack");
     }
-    COUNTING.store(false, Relaxed);
-    ALLOCATIONS.load(Relaxed) as f64 / MESSAGES as f64
+    Counting::stop() as f64 / MESSAGES as f64
 }
 
 // One test, so that no other test's allocations land in a count.
