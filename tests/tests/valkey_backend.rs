@@ -941,6 +941,88 @@ async fn speaks_tls_with_a_password() {
     }
 }
 
+/// Over plain TCP a consumer reads its stream on a connection it speaks to itself: it logs in as
+/// the URL's user, selects the URL's database, and reads replies that arrive in many pieces
+/// (payloads of megabytes) and binary payloads whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_with_a_user_a_password_and_a_database_whole_payloads_of_any_size() {
+    let Some(server) = RedisServer::start_with_password("default-pass") else {
+        return;
+    };
+    let acl = server.cli(&[
+        "ACL",
+        "SETUSER",
+        "reader",
+        "on",
+        ">reader-pass",
+        "~*",
+        "&*",
+        "+@all",
+    ]);
+    if acl.is_none() {
+        assert!(
+            std::env::var_os("REQUIRE_BROKERS").is_none(),
+            "redis-cli is missing"
+        );
+        eprintln!("SKIPPED: redis-cli is not installed");
+        return;
+    }
+    let url = server
+        .url()
+        .replace(":default-pass@", "reader:reader-pass@")
+        + "/3";
+    let broker = ValkeyBroker::connect(ValkeyOptions {
+        url,
+        ..options(&server)
+    })
+    .await
+    .expect("connect as reader to database 3");
+    let topic = topic("plain-auth");
+    let big: Vec<u8> = (0..3 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let binary = b"\r\n*1\r\n$-1\r\n\0".to_vec();
+    let payloads = [big.clone(), binary.clone(), b"small".to_vec(), big.clone()];
+    for (n, payload) in payloads.iter().enumerate() {
+        broker
+            .publish(
+                &topic,
+                Message::new(payload.clone()).with_property("n", n.to_string()),
+            )
+            .await
+            .expect("publish");
+    }
+    let sub = subscribe(&broker, &topic, "g", "c").await;
+    let got = receive_n(&*sub, payloads.len(), Duration::from_secs(10)).await;
+    let got_payloads: Vec<&[u8]> = got.iter().map(|d| d.payload().as_ref()).collect();
+    let wanted: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+    assert!(got_payloads == wanted, "every payload whole and in order");
+    assert_eq!(
+        got.iter().map(tag).collect::<Vec<_>>(),
+        ["0", "1", "2", "3"]
+    );
+    sub.ack(ids(&got)).await.expect("ack");
+    assert_eq!(
+        server
+            .cli(&["-n", "3", "EXISTS", "wr:{test/valkey/plain-auth}"])
+            .as_deref(),
+        Some("1"),
+        "the stream is in the URL's database"
+    );
+    assert_eq!(
+        server
+            .cli(&["EXISTS", "wr:{test/valkey/plain-auth}"])
+            .as_deref(),
+        Some("0"),
+        "and not in database 0"
+    );
+    let clients = server.cli(&["CLIENT", "LIST"]).expect("redis-cli");
+    assert!(
+        clients
+            .lines()
+            .any(|c| c.contains("user=reader") && c.contains("cmd=xreadgroup")),
+        "the reads go as the URL's user: {clients}"
+    );
+}
+
 /// Holds the server busy for `millis` with a script of its own on a connection of its own: every
 /// other command waits behind it.
 async fn stall_server(server: &RedisServer, millis: u64) {

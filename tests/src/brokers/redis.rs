@@ -36,6 +36,11 @@ impl RedisServer {
         Self::start_with("everysec", Some(password), true)
     }
 
+    /// Like [`Self::start`], requiring `password` of the default user (plain TCP).
+    pub fn start_with_password(password: &str) -> Option<Self> {
+        Self::start_with("everysec", Some(password), false)
+    }
+
     fn start_with(fsync: &str, password: Option<&str>, tls: bool) -> Option<Self> {
         if !require("redis-server") {
             return None;

@@ -240,36 +240,42 @@ pub(super) fn group_backlog(reply: &Value, group: &str) -> Option<u64> {
 }
 
 /// The delivery of entry `id` with these fields.
-pub(super) fn decode(
+///
+/// The fields are owned bytes or slices of a reply ([`Bytes`]): the payload becomes the
+/// message's without a copy either way.
+pub(super) fn decode<B: AsRef<[u8]> + Into<Bytes>>(
     topic: &Arc<str>,
     id: &Arc<str>,
-    fields: Vec<(Vec<u8>, Vec<u8>)>,
+    fields: Vec<(B, B)>,
     redelivery_count: u32,
 ) -> Delivery {
     let mut message = Message::default();
     let mut published = None;
     let mut defect = None;
-    let foreign = !fields.iter().any(|(name, _)| name == PAYLOAD.as_bytes());
+    let foreign = !fields
+        .iter()
+        .any(|(name, _)| name.as_ref() == PAYLOAD.as_bytes());
     for (name, value) in fields {
+        let (name, value_bytes) = (name.as_ref(), value.as_ref());
         if foreign {
-            let name = String::from_utf8_lossy(&name).into_owned();
-            let value = String::from_utf8_lossy(&value).into_owned();
+            let name = String::from_utf8_lossy(name).into_owned();
+            let value = String::from_utf8_lossy(value_bytes).into_owned();
             message.properties.insert(name, value);
             continue;
         }
-        match &name[..] {
-            b"payload" => message.payload = Bytes::from(value),
-            b"props" => match serde_json::from_slice::<Properties>(&value) {
+        match name {
+            b"payload" => message.payload = value.into(),
+            b"props" => match serde_json::from_slice::<Properties>(value_bytes) {
                 Ok(properties) => message.properties = properties,
                 Err(_) => {
-                    let (properties, problem) = lenient_properties(&value);
+                    let (properties, problem) = lenient_properties(value_bytes);
                     message.properties = properties;
                     defect = problem.map(Arc::from);
                 }
             },
-            b"key" => message.key = Some(String::from_utf8_lossy(&value).into_owned()),
+            b"key" => message.key = Some(String::from_utf8_lossy(value_bytes).into_owned()),
             b"published" => {
-                published = std::str::from_utf8(&value)
+                published = std::str::from_utf8(value_bytes)
                     .ok()
                     .and_then(|t| t.parse::<u64>().ok());
             }

@@ -37,6 +37,8 @@ mod lists;
 mod maintenance;
 mod naming;
 mod ownership;
+mod read_connection;
+mod resp;
 mod scripts;
 mod subscription;
 

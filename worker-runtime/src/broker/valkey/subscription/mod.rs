@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use redis::aio::MultiplexedConnection;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use worker_core::{
@@ -32,6 +31,7 @@ use worker_core::{
 
 use super::codec;
 use super::ownership::{Attempt, Ownership};
+use super::read_connection::ReadConnection;
 use super::{Shared, TopicKeys, BACKEND};
 
 mod keeper;
@@ -78,7 +78,7 @@ enum Held {
 
 struct Reader {
     /// The connection for blocking reads, opened on demand.
-    connection: Option<MultiplexedConnection>,
+    connection: Option<ReadConnection>,
     /// This consumer's PEL may hold entries that are not held here.
     dirty: bool,
 }

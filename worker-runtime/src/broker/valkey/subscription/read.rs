@@ -5,13 +5,16 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use redis::Value;
 use tokio::time::Instant;
 use worker_core::{BrokerError, Delivery};
 
 use super::{held_key, held_text, millis, Held, Inner, Reader};
 use crate::broker::valkey::codec::{self, RawEntry};
-use crate::broker::valkey::{bad_reply, delayed, raw_reply, redis_code, with_timeout, BACKEND};
+use crate::broker::valkey::read_connection::ReadConnection;
+use crate::broker::valkey::resp::StreamEntry;
+use crate::broker::valkey::{bad_reply, delayed, redis_code, BACKEND};
 
 /// The first and the longest pause before a `receive` tries again after connection trouble.
 const RETRY_MIN: Duration = Duration::from_millis(50);
@@ -161,13 +164,11 @@ impl Inner {
                 tracing::warn!(stream = %self.keys.stream, %error, "valkey delay mover failed");
             }
         }
-        let mut connection = match &reader.connection {
-            Some(connection) => connection.clone(),
-            None => {
-                let connection = self.shared.dedicated_connection().await?;
-                reader.connection = Some(connection.clone());
-                connection
-            }
+        let connection = match &mut reader.connection {
+            Some(connection) => connection,
+            None => reader
+                .connection
+                .insert(ReadConnection::open(&self.shared).await?),
         };
         // Ask for what the caller wants and enough beyond it to fill the prefetch: the caller
         // may take only a few at a time (a worker's dispatch loop takes a share of the queue),
@@ -192,15 +193,13 @@ impl Inner {
         // hold: if this future is dropped, the next receive recovers them from the PEL.
         reader.dirty = true;
         let limit = options.block_timeout + options.operation_timeout;
-        let read = with_timeout("receive", limit, raw_reply(&mut connection, &cmd));
-        let reply = tokio::select! {
+        let entries = tokio::select! {
             () = self.closed.cancelled() => return Err(BrokerError::Closed(BACKEND)),
-            reply = read => reply?,
+            entries = connection.read(&cmd, limit) => entries?,
         };
-        let entries = codec::read_reply(reply).map_err(|e| bad_reply("receive", e))?;
         let fresh = entries
             .into_iter()
-            .filter_map(|RawEntry { id, fields }| fields.map(|f| (id, f, 0)))
+            .filter_map(|StreamEntry { id, fields }| Some((entry_id(&id)?, fields?, 0)))
             .collect();
         self.buffer(fresh);
         reader.dirty = false;
@@ -273,21 +272,21 @@ impl Inner {
             .into_iter()
             .zip(replies.into_iter().map(delivery_count))
             .filter_map(|(RawEntry { id, fields }, count)| {
-                fields.map(|f| (id, f, count.saturating_sub(1)))
+                fields.map(|f| (Arc::from(id), f, count.saturating_sub(1)))
             })
             .collect();
         self.buffer(with_counts);
         Ok(())
     }
 
-    /// Decodes entries into the back of the buffer, skipping any already held.
+    /// Decodes entries (id, fields, redelivery count) into the back of the buffer, skipping any
+    /// already held.
     #[allow(clippy::type_complexity)]
-    fn buffer(&self, entries: Vec<(String, Vec<(Vec<u8>, Vec<u8>)>, u32)>) {
+    fn buffer<B: AsRef<[u8]> + Into<Bytes>>(&self, entries: Vec<(Arc<str>, Vec<(B, B)>, u32)>) {
         // Decoded before locking, so that handing out is never held up by decoding.
         let decoded: Vec<(Arc<str>, Delivery)> = entries
             .into_iter()
             .map(|(id, fields, redelivery_count)| {
-                let id: Arc<str> = Arc::from(id);
                 let delivery = codec::decode(&self.topic, &id, fields, redelivery_count);
                 (id, delivery)
             })
@@ -324,6 +323,18 @@ impl Inner {
         // after it, in the next receive.
         let low = local.buffer.len() < self.low_water();
         Some((batch, low))
+    }
+}
+
+/// An entry id as the buffer keeps it; `None` (and a warning) for one that is no text, which a
+/// server never sends.
+fn entry_id(id: &[u8]) -> Option<Arc<str>> {
+    match std::str::from_utf8(id) {
+        Ok(id) => Some(Arc::from(id)),
+        Err(_) => {
+            tracing::warn!(id = %id.escape_ascii(), "valkey sent an entry id that is no text; skipped");
+            None
+        }
     }
 }
 
