@@ -3,12 +3,14 @@
 //! A consumer's reads are most of what it receives, and redis-rs would first build a tree of
 //! values out of each reply (a vector per array, a vector per string, through a general parser),
 //! which the codec then takes apart again: about as much CPU per message as everything else the
-//! raw client loop does. Here a reply is checked complete in one pass over its headers (string
-//! bodies are skipped by their length), and its entries are then cut out of the one buffer that
-//! holds it: an entry's fields are slices of that buffer, not copies.
+//! raw client loop does. Here a [`ReplyScan`] follows a reply's headers as its bytes arrive
+//! (string bodies are skipped by their length, and what was scanned is not scanned again when
+//! more comes), and once it is complete its entries are cut out of the one buffer that holds it:
+//! an entry's fields are slices of that buffer, not copies.
 //!
-//! Only RESP2 is spoken here (the connection never asks for RESP3), and only the replies of
-//! `XREADGROUP`; everything else goes through redis-rs.
+//! Only RESP2 is spoken here (the connection never asks for RESP3): the replies of `XREADGROUP`,
+//! and of the `AUTH` and `SELECT` that open the connection; every other command goes through
+//! redis-rs.
 
 use bytes::Bytes;
 
@@ -20,13 +22,89 @@ pub(super) struct StreamEntry {
     pub fields: Option<Vec<(Bytes, Bytes)>>,
 }
 
-/// How deep arrays may nest in a reply: an `XREADGROUP` reply nests three deep.
+/// How deep arrays may nest in a reply: an `XREADGROUP` reply nests five deep (the reply, a
+/// stream, its entries, an entry, its fields).
 const MAX_DEPTH: usize = 8;
+
+/// The longest string a reply may hold: the server's own default limit on a string
+/// (`proto-max-bulk-len`). A longer one is no reply this reader takes.
+const MAX_STRING: usize = 512 * 1024 * 1024;
+
+/// Follows one reply through a buffer that grows as its bytes arrive, and tells its length once
+/// it is all there. Scanning resumes where it stopped: a reply read in many pieces is scanned
+/// once, not once per piece.
+#[derive(Default)]
+pub(super) struct ReplyScan {
+    /// Where the next value to scan starts.
+    at: usize,
+    /// For every array entered and not finished, how many of its values are still to come.
+    open: Vec<u64>,
+}
+
+impl ReplyScan {
+    /// The length of the reply at the start of `buffer`, `None` while part of it is still to
+    /// come (call again with the same buffer grown). Fails on bytes that are no RESP2 reply.
+    /// Once it returned a length it starts over, for the next reply.
+    pub(super) fn complete(&mut self, buffer: &[u8]) -> Result<Option<usize>, String> {
+        loop {
+            let Some((kind, number, next)) = header_at(buffer, self.at)? else {
+                return Ok(None);
+            };
+            match kind {
+                b'+' | b'-' | b':' | b'_' => self.at = next,
+                b'$' => match usize::try_from(number) {
+                    // Nil.
+                    Err(_) => self.at = next,
+                    Ok(length) => {
+                        let end = next + length;
+                        match buffer.get(end..end + 2) {
+                            None => return Ok(None),
+                            Some(b"\r\n") => self.at = end + 2,
+                            Some(_) => {
+                                return Err(format!(
+                                    "a string of {length} bytes does not end its line"
+                                ));
+                            }
+                        }
+                    }
+                },
+                b'*' => {
+                    self.at = next;
+                    if let Ok(count @ 1..) = u64::try_from(number) {
+                        if self.open.len() == MAX_DEPTH {
+                            return Err(format!("arrays nest deeper than {MAX_DEPTH}"));
+                        }
+                        self.open.push(count);
+                        continue;
+                    }
+                }
+                other => return Err(format!("unexpected reply type `{}`", other.escape_ascii())),
+            }
+            // A value ended: it counts for the array it is in, which may end with it.
+            loop {
+                match self.open.last_mut() {
+                    None => {
+                        let length = std::mem::take(&mut self.at);
+                        return Ok(Some(length));
+                    }
+                    Some(left) if *left > 1 => {
+                        *left -= 1;
+                        break;
+                    }
+                    Some(_) => {
+                        self.open.pop();
+                    }
+                }
+            }
+        }
+    }
+}
 
 /// The length of the whole reply at the start of `buffer`, `None` while part of it is still to
 /// come. Fails on bytes that are no RESP2 reply.
-pub(super) fn reply_len(buffer: &[u8]) -> Result<Option<usize>, String> {
-    skip_value(buffer, 0, 0)
+#[cfg(test)]
+fn reply_len(buffer: &[u8]) -> Result<Option<usize>, String> {
+    ReplyScan::default().complete(buffer)
 }
 
 /// Whether a complete reply is an error (`-CODE message`).
@@ -34,7 +112,7 @@ pub(super) fn is_error(reply: &[u8]) -> bool {
     reply.first() == Some(&b'-')
 }
 
-/// The entries of a complete `XREADGROUP` reply that is no error: `*-1` when the read timed out,
+/// The entries of a complete `XREADGROUP` reply (as [`ReplyScan`] found it) that is no error: `*-1` when the read timed out,
 /// else `[[stream, [[id, [name, value, …]], …]], …]`.
 pub(super) fn read_entries(reply: Bytes) -> Result<Vec<StreamEntry>, String> {
     let mut cursor = Cursor { reply, at: 0 };
@@ -48,7 +126,8 @@ pub(super) fn read_entries(reply: Bytes) -> Result<Vec<StreamEntry>, String> {
         }
         cursor.bulk()?;
         let count = cursor.array()?.ok_or("a stream's entries are nil")?;
-        entries.reserve(count);
+        // An entry takes more than 8 bytes: no count can reserve more than the reply holds.
+        entries.reserve(count.min(cursor.reply.len() / 8));
         for _ in 0..count {
             entries.push(cursor.entry()?);
         }
@@ -106,52 +185,21 @@ impl Cursor {
         let Ok(length) = usize::try_from(length) else {
             return Ok(None);
         };
-        // `reply_len` checked the body and its line end are there.
-        let body = self.reply.slice(self.at..self.at + length);
-        self.at += length + 2;
+        let end = self.at + length;
+        if self.reply.len() < end + 2 {
+            return Err("a string ends past the reply".into());
+        }
+        let body = self.reply.slice(self.at..end);
+        self.at = end + 2;
         Ok(Some(body))
     }
 
     /// The type byte and number of the next header line (`*3`, `$-1`; 0 for `_`).
     fn header(&mut self) -> Result<(u8, i64), String> {
-        let (kind, number, next) = header_at(&self.reply, self.at)?
-            .ok_or("the reply ends early, though it was checked complete")?;
+        let (kind, number, next) =
+            header_at(&self.reply, self.at)?.ok_or("the reply ends early")?;
         self.at = next;
         Ok((kind, number))
-    }
-}
-
-/// Where the value at `at` ends, or `None` if the buffer ends first.
-fn skip_value(buffer: &[u8], at: usize, depth: usize) -> Result<Option<usize>, String> {
-    let Some((kind, number, mut next)) = header_at(buffer, at)? else {
-        return Ok(None);
-    };
-    match kind {
-        b'+' | b'-' | b':' | b'_' => Ok(Some(next)),
-        b'$' => {
-            let Ok(length) = usize::try_from(number) else {
-                return Ok(Some(next));
-            };
-            let end = next + length;
-            match buffer.get(end..end + 2) {
-                None => Ok(None),
-                Some(b"\r\n") => Ok(Some(end + 2)),
-                Some(_) => Err(format!("a string of {length} bytes does not end its line")),
-            }
-        }
-        b'*' => {
-            if depth == MAX_DEPTH {
-                return Err(format!("arrays nest deeper than {MAX_DEPTH}"));
-            }
-            for _ in 0..number.max(0) {
-                match skip_value(buffer, next, depth + 1)? {
-                    Some(end) => next = end,
-                    None => return Ok(None),
-                }
-            }
-            Ok(Some(next))
-        }
-        other => Err(format!("unexpected reply type `{}`", other.escape_ascii())),
     }
 }
 
@@ -165,7 +213,8 @@ fn header_at(buffer: &[u8], at: usize) -> Result<Option<(u8, i64, usize)>, Strin
         return Ok(None);
     };
     let line_end = at + newline;
-    if newline < 1 || buffer[line_end - 1] != b'\r' {
+    // The type byte, then CR: a line is at least two bytes before its LF.
+    if newline < 2 || buffer[line_end - 1] != b'\r' {
         return Err("a line does not end with CRLF".into());
     }
     let text = &buffer[at + 1..line_end - 1];
@@ -176,22 +225,26 @@ fn header_at(buffer: &[u8], at: usize) -> Result<Option<(u8, i64, usize)>, Strin
     Ok(Some((kind, number, line_end + 1)))
 }
 
-/// A length or count of a header line: `-1` for nil, else at most a 32-bit length.
+/// A length or count of a header line: `-1` for nil, else at most [`MAX_STRING`].
 fn parse_number(text: &[u8]) -> Result<i64, String> {
-    let bad = || format!("`{}` is no length", text.escape_ascii());
+    let bad = || format!("`{}` is no length up to {MAX_STRING}", text.escape_ascii());
     if text == b"-1" {
         return Ok(-1);
     }
     if text.is_empty() || text.len() > 10 {
         return Err(bad());
     }
-    text.iter().try_fold(0_i64, |number, &digit| {
+    let number = text.iter().try_fold(0_i64, |number, &digit| {
         if digit.is_ascii_digit() {
             Ok(number * 10 + i64::from(digit - b'0'))
         } else {
             Err(bad())
         }
-    })
+    })?;
+    if number > MAX_STRING as i64 {
+        return Err(bad());
+    }
+    Ok(number)
 }
 
 #[cfg(test)]
@@ -249,6 +302,62 @@ mod tests {
     }
 
     #[test]
+    fn a_scan_resumes_where_it_stopped_and_starts_over_after_a_reply() {
+        let mut two = READ.to_vec();
+        two.extend_from_slice(b"*-1\r\n");
+        let mut scan = ReplyScan::default();
+        let mut buffer = Vec::new();
+        let mut found = None;
+        for &byte in &two {
+            buffer.push(byte);
+            if let Some(length) = scan.complete(&buffer).expect("a reply") {
+                found = Some(length);
+                break;
+            }
+        }
+        assert_eq!(found, Some(READ.len()));
+        assert_eq!(scan.complete(&two[READ.len()..]), Ok(Some(5)));
+    }
+
+    #[test]
+    fn no_bytes_make_the_reader_panic() {
+        // Bytes drawn from what replies are made of, so that many get past the first header.
+        let alphabet = b"*$+-:_\r\n0123-1abc";
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        for _ in 0..20_000 {
+            let length = (state % 40) as usize;
+            let bytes: Vec<u8> = (0..length)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    alphabet[(state % alphabet.len() as u64) as usize]
+                })
+                .collect();
+            if let Ok(Some(length)) = reply_len(&bytes) {
+                let _ = read_entries(Bytes::copy_from_slice(&bytes[..length]));
+            }
+        }
+        assert!(reply_len(b"\r\n").is_err());
+        assert!(reply_len(b"*1\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn entries_with_nil_or_no_fields() {
+        let reply = b"*1\r\n*2\r\n$1\r\ns\r\n*1\r\n*2\r\n$3\r\n1-0\r\n*0\r\n";
+        assert_eq!(
+            entries(reply),
+            [StreamEntry {
+                id: Bytes::from_static(b"1-0"),
+                fields: Some(Vec::new()),
+            }]
+        );
+        let nil_value = b"*1\r\n*2\r\n$1\r\ns\r\n*1\r\n*2\r\n$3\r\n1-0\r\n*2\r\n$1\r\nn\r\n$-1\r\n";
+        assert_eq!(reply_len(nil_value), Ok(Some(nil_value.len())));
+        assert!(read_entries(Bytes::copy_from_slice(nil_value)).is_err());
+    }
+
+    #[test]
     fn errors_are_told_apart() {
         let error = b"-NOGROUP No such key\r\n";
         assert_eq!(reply_len(error), Ok(Some(error.len())));
@@ -263,6 +372,7 @@ mod tests {
             b"*1\n",
             b"$x\r\n",
             b"$99999999999\r\n",
+            b"$536870913\r\n",
             b"$2\r\nabcd\r\n",
         ] {
             assert!(reply_len(bad).is_err(), "{}", bad.escape_ascii());
