@@ -96,8 +96,9 @@ impl RedisServer {
         Some(server)
     }
 
-    /// `redis://127.0.0.1:<port>`, or with TLS and a password
-    /// `rediss://:<password>@127.0.0.1:<port>/#insecure` (the certificate is self-signed).
+    /// `redis://127.0.0.1:<port>`, with a password `redis://:<password>@127.0.0.1:<port>`, or
+    /// with TLS and a password `rediss://:<password>@127.0.0.1:<port>/#insecure` (the
+    /// certificate is self-signed).
     pub fn url(&self) -> String {
         let scheme = if self.tls { "rediss" } else { "redis" };
         let auth = match &self.password {
