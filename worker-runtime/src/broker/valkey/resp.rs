@@ -5,8 +5,8 @@
 //! which the codec then takes apart again: about as much CPU per message as everything else the
 //! raw client loop does. Here a [`ReplyScan`] follows a reply's headers as its bytes arrive
 //! (string bodies are skipped by their length, and what was scanned is not scanned again when
-//! more comes), and once it is complete its entries are cut out of the one buffer that holds it:
-//! an entry's fields are slices of that buffer, not copies.
+//! more comes), and once it is complete its entries are cut out of the one buffer that holds the
+//! reply: an entry's fields are slices of that buffer, not copies.
 //!
 //! Only RESP2 is spoken here (the connection never asks for RESP3): the replies of `XREADGROUP`,
 //! and of the `AUTH` and `SELECT` that open the connection; every other command goes through
@@ -112,8 +112,8 @@ pub(super) fn is_error(reply: &[u8]) -> bool {
     reply.first() == Some(&b'-')
 }
 
-/// The entries of a complete `XREADGROUP` reply (as [`ReplyScan`] found it) that is no error: `*-1` when the read timed out,
-/// else `[[stream, [[id, [name, value, …]], …]], …]`.
+/// The entries of a complete `XREADGROUP` reply (as [`ReplyScan`] found it) that is no error:
+/// `*-1` when the read timed out, else `[[stream, [[id, [name, value, …]], …]], …]`.
 pub(super) fn read_entries(reply: Bytes) -> Result<Vec<StreamEntry>, String> {
     let mut cursor = Cursor { reply, at: 0 };
     let Some(streams) = cursor.array()? else {
