@@ -14,7 +14,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::time::Instant;
 use worker_core::BoxFuture;
 
-use self::shard::{balance_entry, credit, Balances, Charge, Ledger, Shard};
+use self::shard::{balance_entry, balance_in, credit, Balances, Charge, Ledger, Shard};
 use super::{ChargeKey, ChargeOutcome, CreditError, CreditLedger, RefundOutcome};
 
 /// The default bound on remembered charges.
@@ -143,10 +143,7 @@ impl MemoryCreditLedger {
 
     /// The current balance of `credit_type` for `principal`, without going through a future.
     pub fn current_balance(&self, principal: &str, credit_type: &str) -> u64 {
-        self.balances
-            .read()
-            .get(principal)
-            .and_then(|types| types.get(credit_type))
+        balance_in(&self.balances.read(), principal, credit_type)
             .map_or(0, |balance| balance.load(Ordering::Acquire))
     }
 

@@ -92,7 +92,8 @@ impl Shard {
             return ChargeOutcome::AlreadyCharged;
         };
         // A balance that is missing is 0: it covers only a charge of 0.
-        match find_balance(balances, ledger.balances, &key.principal, credit_type) {
+        let shared = || balance_in(&ledger.balances.read(), &key.principal, credit_type).cloned();
+        match local_balance(balances, &key.principal, credit_type, shared) {
             Some(balance) => {
                 let debited = balance.fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
                     b.checked_sub(amount)
@@ -134,13 +135,14 @@ impl Shard {
         };
         let (record, _) = found.remove();
         self.compact_order();
-        let balance = refund_balance(
-            &mut self.balances,
-            ledger.balances,
-            &key.principal,
-            &record.credit_type,
-        );
-        credit(&balance, record.amount);
+        // Made at 0 in the ledger's table if it has none (a charge of 0 needs no balance), so
+        // that the refund always finds one.
+        let (principal, credit_type) = (&*key.principal, &*record.credit_type);
+        let made =
+            || Some(balance_entry(&mut ledger.balances.write(), principal, credit_type).clone());
+        if let Some(balance) = local_balance(&mut self.balances, principal, credit_type, made) {
+            credit(balance, record.amount);
+        }
         RefundOutcome::Refunded(record.amount)
     }
 
@@ -153,13 +155,8 @@ impl Shard {
     /// Takes every record out, oldest first.
     pub(super) fn drain(&mut self) -> Vec<ChargeRecord> {
         let mut records = Vec::with_capacity(self.charges.len());
-        while let Some((sequence, hash)) = self.order.pop_front() {
-            if let Ok(record) = self
-                .charges
-                .find_entry(hash, |record| record.sequence == sequence)
-            {
-                records.push(record.remove().0);
-            }
+        while !self.order.is_empty() {
+            records.extend(self.pop_oldest());
         }
         records
     }
@@ -185,7 +182,7 @@ impl Shard {
                 if !expired {
                     break;
                 }
-                self.drop_oldest();
+                self.pop_oldest();
             }
         }
     }
@@ -193,7 +190,7 @@ impl Shard {
     /// Drops the oldest records beyond the count bound.
     fn drop_beyond_count(&mut self, ledger: &Ledger<'_>) {
         while self.charges.len() > ledger.max_records {
-            self.drop_oldest();
+            self.pop_oldest();
         }
     }
 
@@ -204,17 +201,15 @@ impl Shard {
             .find(hash, |record| record.sequence == sequence)
     }
 
-    /// Drops the oldest entry of `order`, and its record if that charge is still kept (a key
-    /// refunded and charged again has a newer record, with a newer sequence number).
-    fn drop_oldest(&mut self) {
-        if let Some((sequence, hash)) = self.order.pop_front() {
-            if let Ok(record) = self
-                .charges
-                .find_entry(hash, |record| record.sequence == sequence)
-            {
-                record.remove();
-            }
-        }
+    /// Takes the oldest entry out of `order`, and its record, returned, if that charge is still
+    /// kept (a key refunded and charged again has a newer record, with a newer sequence number).
+    fn pop_oldest(&mut self) -> Option<ChargeRecord> {
+        let (sequence, hash) = self.order.pop_front()?;
+        let record = self
+            .charges
+            .find_entry(hash, |record| record.sequence == sequence)
+            .ok()?;
+        Some(record.remove().0)
     }
 
     /// Drops the entries refunds left in `order` once they outnumber the live ones, so that it
@@ -241,54 +236,34 @@ impl Shard {
     }
 }
 
-/// The balance of `credit_type` for `principal`: from the shard's own map, or else from the
-/// ledger's table (then kept in the shard's map too). `None` if the ledger has none.
-fn find_balance<'a>(
-    local: &'a mut Balances,
-    shared: &RwLock<Balances>,
+/// The balance of `credit_type` for `principal` in `balances`, if there is one.
+pub(super) fn balance_in<'a>(
+    balances: &'a Balances,
     principal: &str,
     credit_type: &str,
-) -> Option<&'a AtomicU64> {
-    let known = local
+) -> Option<&'a Balance> {
+    balances
         .get(principal)
-        .is_some_and(|types| types.contains_key(credit_type));
-    if !known {
-        let balance = shared
-            .read()
-            .get(principal)
-            .and_then(|types| types.get(credit_type))
-            .cloned()?;
+        .and_then(|types| types.get(credit_type))
+}
+
+/// The balance of `credit_type` for `principal`: from the shard's own map, or else the one
+/// `fetch` finds in the ledger's table (then kept in the shard's map too, where it is found again
+/// without the table's lock). `None` if `fetch` finds none.
+fn local_balance<'a>(
+    local: &'a mut Balances,
+    principal: &str,
+    credit_type: &str,
+    fetch: impl FnOnce() -> Option<Balance>,
+) -> Option<&'a Balance> {
+    if balance_in(local, principal, credit_type).is_none() {
+        let balance = fetch()?;
         local
             .entry(principal.to_owned())
             .or_default()
             .insert(credit_type.to_owned(), balance);
     }
-    local
-        .get(principal)
-        .and_then(|types| types.get(credit_type))
-        .map(|balance| &**balance)
-}
-
-/// The balance a refund of `credit_type` goes to for `principal`: as [`find_balance`], but made
-/// (at 0) in the ledger's table if it has none (a charge of 0 needs no balance).
-fn refund_balance(
-    local: &mut Balances,
-    shared: &RwLock<Balances>,
-    principal: &str,
-    credit_type: &str,
-) -> Balance {
-    if let Some(balance) = local
-        .get(principal)
-        .and_then(|types| types.get(credit_type))
-    {
-        return balance.clone();
-    }
-    let balance = balance_entry(&mut shared.write(), principal, credit_type).clone();
-    local
-        .entry(principal.to_owned())
-        .or_default()
-        .insert(credit_type.to_owned(), balance.clone());
-    balance
+    balance_in(local, principal, credit_type)
 }
 
 /// The balance of `credit_type` for `principal` in `balances`, made at 0 if missing.
