@@ -5,6 +5,9 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use worker_runtime::worker::{CancellationToken, Worker};
 
 /// The counting allocator. See the [module docs](self).
 pub struct Counting;
@@ -24,6 +27,28 @@ impl Counting {
         COUNTING.store(false, Relaxed);
         ALLOCATIONS.load(Relaxed)
     }
+}
+
+/// Allocations per message of `worker` draining `messages` messages, counted on every thread
+/// from its start until `handled` (which its handler raises) reaches `messages`, within two
+/// minutes; its run is stopped after that.
+pub async fn per_message_while_draining(worker: Worker, handled: &AtomicU64, messages: u64) -> f64 {
+    let shutdown = CancellationToken::new();
+    Counting::start();
+    let running = tokio::spawn(worker.run(shutdown.clone()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while handled.load(Relaxed) < messages {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {messages} handled",
+            handled.load(Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let allocations = Counting::stop();
+    shutdown.cancel();
+    running.await.expect("worker task").expect("worker run");
+    allocations as f64 / messages as f64
 }
 
 // SAFETY: every method hands the request to `System` unchanged; counting touches only atomics.

@@ -23,13 +23,13 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use integration_tests::counting::Counting;
+use integration_tests::counting::{self, Counting};
 use serde::{Deserialize, Serialize};
 use worker_runtime::auth::{Hs256Signer, Hs256Verifier, Secret};
 use worker_runtime::broker::MemoryBroker;
 use worker_runtime::credits::MemoryCreditLedger;
 use worker_runtime::prelude::*;
-use worker_runtime::worker::{CancellationToken, Worker};
+use worker_runtime::worker::Worker;
 use worker_runtime::{Broker, ConsumerType, InitialPosition, SubscribeOptions};
 
 #[global_allocator]
@@ -111,16 +111,7 @@ async fn worker_allocations(all_on: bool) -> f64 {
         builder = builder.task(alloc_off::task());
     }
     let worker = builder.build().expect("valid worker");
-    let shutdown = CancellationToken::new();
-    Counting::start();
-    let running = tokio::spawn(worker.run(shutdown.clone()));
-    while HANDLED.load(Relaxed) < MESSAGES {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let allocations = Counting::stop();
-    shutdown.cancel();
-    running.await.expect("worker task").expect("worker run");
-    allocations as f64 / MESSAGES as f64
+    counting::per_message_while_draining(worker, &HANDLED, MESSAGES).await
 }
 
 async fn raw_allocations() -> f64 {

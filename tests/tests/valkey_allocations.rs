@@ -16,11 +16,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use integration_tests::brokers::RedisServer;
-use integration_tests::counting::Counting;
+use integration_tests::counting::{self, Counting};
 use serde::{Deserialize, Serialize};
 use worker_runtime::broker::valkey::{ValkeyBroker, ValkeyOptions};
 use worker_runtime::prelude::*;
-use worker_runtime::worker::{CancellationToken, Worker};
+use worker_runtime::worker::Worker;
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
@@ -77,21 +77,7 @@ async fn allocations_per_delivery_from_a_stream_stay_within_their_budget() {
         .task(valkey_alloc::task())
         .build()
         .expect("valid worker");
-    let shutdown = CancellationToken::new();
-    Counting::start();
-    let running = tokio::spawn(worker.run(shutdown.clone()));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while HANDLED.load(Relaxed) < MESSAGES {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {} of {MESSAGES} handled",
-            HANDLED.load(Relaxed)
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let per_delivery = Counting::stop() as f64 / MESSAGES as f64;
-    shutdown.cancel();
-    running.await.expect("worker task").expect("worker run");
+    let per_delivery = counting::per_message_while_draining(worker, &HANDLED, MESSAGES).await;
     println!("allocations per delivery from a Valkey stream: {per_delivery:.2}");
     assert!(
         per_delivery <= BUDGET,
